@@ -1,0 +1,5 @@
+import sys
+
+from lmcpipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+import json
+
+from snakemake.utils import validate
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+
+# One folder per setting: every seed of a setting shares dataset, depth,
+# width and learning rate. Learning rates appear as Python's repr of the float.
+RUN = "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}"
+SEEDS = list(range(config["training"]["seeds"]))
+
+
+wildcard_constraints:
+    dataset=r"[a-z0-9_]+",
+    depth=r"[0-9]+",
+    width=r"[0-9]+",
+    lr=r"[0-9][0-9.e+-]*",
+    seed=r"[0-9]+",
+
+
+def format_lr(lr):
+    return repr(float(lr))
+
+
+SETTINGS = [
+    {
+        "dataset": config["dataset"],
+        "depth": config["model"]["depth"],
+        "width": width,
+        "lr": format_lr(lr),
+    }
+    for width in config["model"]["widths"]
+    for lr in config["training"]["learning_rates"]
+]
+SETTING_DIRS = [RUN.format(**setting) for setting in SETTINGS]
+
+TABLE_KINDS = ["barriers", "curves", "dimensions", "histories", "alignments"]
+TABLES = expand("results/tables/{kind}.parquet", kind=TABLE_KINDS + ["correlations"])
+PLOTS = expand(
+    "results/plots/{name}.png",
+    name=["barrier_vs_width", "barrier_vs_dimension", "interpolation_curves"],
+)
+
+
+def train_spec(wildcards):
+    """Return the JSON training spec of one setting (see lmcpipe.spec.TrainSpec)."""
+    training = config["training"]
+    spec = {
+        "dataset": wildcards.dataset,
+        "depth": int(wildcards.depth),
+        "width": int(wildcards.width),
+        "lr": float(wildcards.lr),
+        "epochs": training["epochs"],
+        "batch_size": training["batch_size"],
+        "momentum": training["momentum"],
+        "warmup_steps": training["warmup_steps"],
+        "warmup_init_lr": training["warmup_init_lr"],
+        "random_seed": config["random_seed"],
+        "test_fraction": config["data"]["test_fraction"],
+        "split_seed": config["data"]["split_seed"],
+    }
+    return json.dumps(spec, sort_keys=True)
+
+
+def setting_dir(wildcards):
+    return RUN.format(**wildcards)
+
+
+def checkpoints_of(wildcards):
+    return expand(f"{RUN}/seed{{seed}}/params.npz", seed=SEEDS, **wildcards)
+
+
+def per_setting(name):
+    return [f"{folder}/{name}" for folder in SETTING_DIRS]
+
+
+def histories_of_study(wildcards):
+    return [f"{folder}/seed{seed}/history.parquet" for folder in SETTING_DIRS for seed in SEEDS]

@@ -1,0 +1,19 @@
+rule train:
+    output:
+        checkpoints=expand("results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/seed{seed}/params.npz", seed=SEEDS, allow_missing=True),
+        histories=expand("results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/seed{seed}/history.parquet", seed=SEEDS, allow_missing=True),
+    params:
+        spec=train_spec,
+        seeds=" ".join(map(str, SEEDS)),
+        out_dir=setting_dir,
+        execution=config["training"]["execution"],
+    log:
+        "results/logs/train/{dataset}/depth{depth}/width{width}/lr{lr}.log",
+    benchmark:
+        "results/benchmarks/train/{dataset}/depth{depth}/width{width}/lr{lr}.tsv"
+    conda:
+        "../envs/lmcpipe.yaml"
+    threads: 1
+    shell:
+        "lmcpipe train --spec {params.spec:q} --seeds {params.seeds} "
+        "--out-dir {params.out_dir:q} --execution {params.execution} > {log:q} 2>&1"
