@@ -63,7 +63,7 @@ def interpolation_curves(curves: pd.DataFrame, path: Path, split="test", metric=
     lrs = sorted(rows["lr"].unique())
     widths = sorted(rows["width"].unique())
     figure, axes = plt.subplots(
-        len(lrs), len(widths), figsize=(2.8 * len(widths), 2.4 * len(lrs)),
+        len(lrs), len(widths), figsize=(2.8 * len(widths), 2.4 * len(lrs)), layout="constrained",
         squeeze=False, sharex=True,
     )
     for i, lr in enumerate(lrs):

@@ -1,0 +1,91 @@
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import random_mlp
+from lmcpipe.alignment import METHODS, PassLimitWarning, align, coordinate_descent
+from lmcpipe.barriers import barrier, interpolation_curve, t_grid
+from lmcpipe.permutation import apply_permutations, invert, permutation_spec, random_permutations
+
+MATCHING_METHODS = [method for method in METHODS if method != "naive"]
+
+
+def plant(params, seed):
+    spec = permutation_spec(params)
+    perms = random_permutations(spec, np.random.default_rng(seed))
+    return spec, perms, apply_permutations(spec, perms, params)
+
+
+@pytest.mark.parametrize("method", MATCHING_METHODS)
+def test_planted_permutation_recovered(method, trained, digits):
+    params = trained[0].params
+    spec, perms, permuted = plant(params, seed=5)
+    result = align(method, params, permuted)
+    assert result.converged
+    for name, perm in perms.items():
+        # Unit i of B' = permuted is unit perm[i] of A, so A's unit i is B's invert(perm)[i].
+        np.testing.assert_array_equal(result.perms[name], invert(perm))
+    aligned = apply_permutations(spec, result.perms, permuted)
+    ts = t_grid(25)
+    curve = interpolation_curve(params, aligned, digits.x_test, digits.y_test, ts)
+    assert barrier(ts, curve["loss"], "loss") < 1e-5
+
+
+def test_naive_is_identity(trained):
+    result = align("naive", trained[0].params, trained[1].params)
+    for name, perm in result.perms.items():
+        np.testing.assert_array_equal(perm, np.arange(perm.size))
+
+
+def test_objective_never_decreases():
+    for seed in range(5):
+        a, b = random_mlp(seed, depth=4, width=16), random_mlp(seed + 100, depth=4, width=16)
+        result = align("wm", a, b, seed=seed)
+        assert result.passes >= 2
+        assert np.all(np.diff(result.objectives) >= -1e-9 * abs(result.objectives[0]))
+
+
+def test_wm_objective_beats_identity(trained):
+    a, b = trained[0].params, trained[1].params
+    result = align("wm", a, b)
+    identity = sum(float(np.vdot(a[layer][name], b[layer][name])) for layer in a for name in a[layer])
+    assert result.objective > identity
+
+
+def test_pass_limit_warns():
+    a, b = random_mlp(0, depth=4, width=32), random_mlp(1, depth=4, width=32)
+    spec = permutation_spec(a)
+    with pytest.warns(PassLimitWarning, match="pass limit"):
+        _, objectives, converged = coordinate_descent(spec, a, b, list(spec.axes), np.random.default_rng(0), max_passes=1)
+    assert not converged
+    assert len(objectives) == 1
+
+
+@pytest.mark.parametrize("method", MATCHING_METHODS)
+def test_dead_and_duplicate_neurons(method):
+    a = random_mlp(0, depth=2, width=8)
+    a["hidden_0"]["kernel"][:, 2] = 0.0
+    a["hidden_0"]["bias"][2] = 0.0
+    a["hidden_0"]["kernel"][:, 5] = a["hidden_0"]["kernel"][:, 4]
+    a["hidden_0"]["bias"][5] = a["hidden_0"]["bias"][4]
+    spec, perms, b = plant(a, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = align(method, a, b)
+    aligned = apply_permutations(spec, result.perms, b)
+    # Duplicated units may be matched either way round, but the aligned
+    # kernels must coincide with A's.
+    np.testing.assert_allclose(aligned["hidden_0"]["kernel"], a["hidden_0"]["kernel"])
+
+
+def test_unknown_method_rejected(trained):
+    with pytest.raises(ValueError, match="unknown alignment method 'wm2'"):
+        align("wm2", trained[0].params, trained[1].params)
+
+
+def test_shape_mismatch_rejected(trained):
+    a = random_mlp(0, depth=2, width=8)
+    b = random_mlp(1, depth=2, width=9)
+    with pytest.raises(ValueError, match="has size 9 but permutation hidden_0 has size 8"):
+        align("wm", a, b)

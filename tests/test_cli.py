@@ -1,0 +1,84 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lmcpipe.cli import main
+from lmcpipe.io import load_checkpoint
+
+SPEC = {"dataset": "digits", "depth": 1, "width": 16, "lr": 0.05, "epochs": 2, "batch_size": 128}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    assert main(["train", "--spec", json.dumps(SPEC), "--seeds", "0", "1", "2",
+                 "--out-dir", str(folder)]) == 0
+    return folder
+
+
+def test_train_writes_checkpoints_and_histories(run_dir):
+    for seed in range(3):
+        params, meta = load_checkpoint(run_dir / f"seed{seed}" / "params.npz")
+        assert meta["seed"] == seed
+        assert meta["spec"]["width"] == 16
+        assert params["hidden_0"]["kernel"].shape == (64, 16)
+        history = pq.read_table(run_dir / f"seed{seed}" / "history.parquet").to_pandas()
+        assert list(history.epoch) == [0, 1, 2]
+
+
+def test_steps_chain_through_cli(run_dir, capsys):
+    checkpoints = [str(run_dir / f"seed{seed}" / "params.npz") for seed in range(3)]
+    neurons = [str(run_dir / f"seed{seed}" / "neurons.parquet") for seed in range(3)]
+    for checkpoint, out in zip(checkpoints, neurons):
+        assert main(["extract", checkpoint, "--out", out]) == 0
+    assert main(["dimension", *neurons, "--out", str(run_dir / "dims.parquet")]) == 0
+    assert main(["align", *checkpoints, "--methods", "naive", "wm",
+                 "--out", str(run_dir / "alignment.parquet")]) == 0
+    assert main(["barrier", *checkpoints, "--alignment", str(run_dir / "alignment.parquet"),
+                 "--points", "5", "--curves-out", str(run_dir / "curves.parquet"),
+                 "--barriers-out", str(run_dir / "barriers.parquet")]) == 0
+    alignment = pq.read_table(run_dir / "alignment.parquet").to_pandas()
+    assert len(alignment) == 3 * 2
+    barriers = pq.read_table(run_dir / "barriers.parquet").to_pandas()
+    assert len(barriers) == 3 * 2 * 2 * 2
+    histories = [str(run_dir / f"seed{seed}" / "history.parquet") for seed in range(3)]
+    tables = run_dir / "tables"
+    assert main(["aggregate", "--barriers", str(run_dir / "barriers.parquet"),
+                 "--curves", str(run_dir / "curves.parquet"),
+                 "--dimensions", str(run_dir / "dims.parquet"),
+                 "--alignments", str(run_dir / "alignment.parquet"),
+                 "--histories", *histories, "--out-dir", str(tables)]) == 0
+    correlations = pq.read_table(tables / "correlations.parquet").to_pandas()
+    assert set(correlations.method) == {"naive", "wm"}
+    assert (correlations.n == 3).all()
+    assert main(["plot", "--tables", str(tables), "--out-dir", str(run_dir / "plots")]) == 0
+    assert (run_dir / "plots" / "barrier_vs_width.png").stat().st_size > 1000
+    assert main(["summary", "--tables", str(tables)]) == 0
+    assert "mean test loss barrier" in capsys.readouterr().out
+
+
+def test_bad_spec_is_one_line_error(tmp_path, capsys):
+    bad = dict(SPEC, width=-1)
+    assert main(["train", "--spec", json.dumps(bad), "--seeds", "0", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid training setting width=-1" in err
+    assert "Traceback" not in err
+
+
+def test_corrupt_checkpoint_is_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "params.npz"
+    bad.write_bytes(b"not a zip")
+    assert main(["extract", str(bad), "--out", str(tmp_path / "n.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "params.npz: not a readable checkpoint" in err
+    assert not (tmp_path / "n.parquet").exists()
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "lmcpipe", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.startswith("lmcpipe ")
