@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 RUN_KEYS = ["dataset", "depth", "width", "lr"]
 GROUP_KEYS = ["dataset", "depth", "layer", "estimator", "geometry", "method", "split", "metric", "quantity"]
-TABLES = ("barriers", "curves", "dimensions", "histories", "alignments")
+TABLES = ("barriers", "curves", "dimensions", "histories", "alignments", "wasserstein")
 
 
 def concat_tables(paths) -> pa.Table:
@@ -98,8 +98,8 @@ def aggregate(inputs: dict[str, list], out_dir) -> dict[str, Path]:
     """Write the study tables and the correlation table to ``out_dir``.
 
     Args:
-        inputs: table kind (one of ``barriers, curves, dimensions, histories,
-            alignments``) to the per-setting files of that kind.
+        inputs: table kind (one of :data:`TABLES`) to the per-setting files
+            of that kind.
         out_dir: folder for ``<kind>.parquet`` and ``correlations.parquet``.
 
     Returns:

@@ -48,9 +48,19 @@ def cmd_dimension(args) -> None:
 
 
 def cmd_align(args) -> None:
-    from lmcpipe.alignment import align_to_file
+    from lmcpipe.alignment import AlignOptions, align_to_file
 
-    align_to_file(args.checkpoints, args.methods, args.out, args.seed, args.max_passes)
+    options = AlignOptions(
+        seed=args.seed, max_passes=args.max_passes, sinkhorn_reg=args.sinkhorn_reg,
+        sinkhorn_max_iter=args.sinkhorn_max_iter,
+    )
+    align_to_file(args.checkpoints, args.methods, args.out, options)
+
+
+def cmd_wasserstein(args) -> None:
+    from lmcpipe.wasserstein import wasserstein_to_file
+
+    wasserstein_to_file(args.checkpoints, args.out)
 
 
 def cmd_barrier(args) -> None:
@@ -118,12 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     align = commands.add_parser("align", help="align every pair of checkpoints of one setting")
     align.add_argument("checkpoints", type=Path, nargs="+")
-    align.add_argument("--methods", nargs="+", default=["naive", "wm"], help="alignment methods")
+    align.add_argument("--methods", nargs="+", default=["naive", "wm"],
+                       help="alignment methods: naive, wm, wm_incoming, wm_cov, am, am_corr, sinkhorn")
     align.add_argument("--out", required=True, type=Path, help="alignment table (Parquet)")
     align.add_argument("--seed", type=int, default=0, help="seed of the random layer order")
     align.add_argument("--max-passes", type=int, default=100,
                        help="pass limit of weight matching's coordinate descent")
+    align.add_argument("--sinkhorn-reg", type=float, default=0.01,
+                       help="entropic regulariser of the sinkhorn method, relative to the "
+                       "largest squared distance between two neurons")
+    align.add_argument("--sinkhorn-max-iter", type=int, default=100_000,
+                       help="iteration limit of the sinkhorn method")
     align.set_defaults(run=cmd_align)
+
+    wasserstein = commands.add_parser(
+        "wasserstein", help="W2 distances between the neuron measures of every pair")
+    wasserstein.add_argument("checkpoints", type=Path, nargs="+")
+    wasserstein.add_argument("--out", required=True, type=Path, help="Wasserstein table (Parquet)")
+    wasserstein.set_defaults(run=cmd_wasserstein)
 
     barrier = commands.add_parser("barrier", help="interpolation curves and barriers of aligned pairs")
     barrier.add_argument("checkpoints", type=Path, nargs="+")
@@ -134,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     barrier.set_defaults(run=cmd_barrier)
 
     aggregate = commands.add_parser("aggregate", help="study-wide tables and correlations")
-    for kind in ("barriers", "curves", "dimensions", "histories", "alignments"):
+    for kind in ("barriers", "curves", "dimensions", "histories", "alignments", "wasserstein"):
         aggregate.add_argument(f"--{kind}", type=Path, nargs="+", required=True,
                                help=f"per-setting {kind} tables")
     aggregate.add_argument("--out-dir", required=True, type=Path)

@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 
 from conftest import random_mlp
-from lmcpipe.alignment import METHODS, PassLimitWarning, align, coordinate_descent
+from lmcpipe.alignment import (
+    METHODS,
+    AlignmentError,
+    AlignOptions,
+    PassLimitWarning,
+    align,
+    coordinate_descent,
+    sinkhorn_plan,
+)
 from lmcpipe.barriers import barrier, interpolation_curve, t_grid
 from lmcpipe.permutation import apply_permutations, invert, permutation_spec, random_permutations
+from lmcpipe.statistics import activation_moments
 
 MATCHING_METHODS = [method for method in METHODS if method != "naive"]
 
@@ -21,11 +30,20 @@ def plant(params, seed):
 def test_planted_permutation_recovered(method, trained, digits):
     params = trained[0].params
     spec, perms, permuted = plant(params, seed=5)
-    result = align(method, params, permuted)
+    moments = activation_moments(params, digits.x_train, permuted)
+    result = align(method, params, permuted, moments=moments)
     assert result.converged
-    for name, perm in perms.items():
+    for index, (name, perm) in enumerate(perms.items()):
         # Unit i of B' = permuted is unit perm[i] of A, so A's unit i is B's invert(perm)[i].
-        np.testing.assert_array_equal(result.perms[name], invert(perm))
+        expected = invert(perm)
+        if method in ("am", "am_corr"):
+            # Units dead on the whole training set have no activation to
+            # match, so only live units have a unique partner.
+            live = np.diag(moments.inputs[index + 1]) > 0
+            assert live.sum() >= len(live) // 2
+            np.testing.assert_array_equal(result.perms[name][live], expected[live])
+        else:
+            np.testing.assert_array_equal(result.perms[name], expected)
     aligned = apply_permutations(spec, result.perms, permuted)
     ts = t_grid(25)
     curve = interpolation_curve(params, aligned, digits.x_test, digits.y_test, ts)
@@ -41,7 +59,7 @@ def test_naive_is_identity(trained):
 def test_objective_never_decreases():
     for seed in range(5):
         a, b = random_mlp(seed, depth=4, width=16), random_mlp(seed + 100, depth=4, width=16)
-        result = align("wm", a, b, seed=seed)
+        result = align("wm", a, b, AlignOptions(seed=seed))
         assert result.passes >= 2
         assert np.all(np.diff(result.objectives) >= -1e-9 * abs(result.objectives[0]))
 
@@ -65,6 +83,7 @@ def test_pass_limit_warns():
 @pytest.mark.parametrize("method", MATCHING_METHODS)
 def test_dead_and_duplicate_neurons(method):
     a = random_mlp(0, depth=2, width=8)
+    inputs = np.random.default_rng(0).random((300, 64)).astype(np.float32)
     a["hidden_0"]["kernel"][:, 2] = 0.0
     a["hidden_0"]["bias"][2] = 0.0
     a["hidden_0"]["kernel"][:, 5] = a["hidden_0"]["kernel"][:, 4]
@@ -72,11 +91,15 @@ def test_dead_and_duplicate_neurons(method):
     spec, perms, b = plant(a, seed=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = align(method, a, b)
+        result = align(method, a, b, moments=activation_moments(a, inputs, b))
+    for perm in result.perms.values():
+        np.testing.assert_array_equal(np.sort(perm), np.arange(perm.size))
     aligned = apply_permutations(spec, result.perms, b)
-    # Duplicated units may be matched either way round, but the aligned
-    # kernels must coincide with A's.
-    np.testing.assert_allclose(aligned["hidden_0"]["kernel"], a["hidden_0"]["kernel"])
+    # Duplicated units may be matched either way round, and activation
+    # matching cannot tell a dead unit from another, but every other unit's
+    # incoming weights must coincide with A's.
+    live = [unit for unit in range(8) if unit not in (2, 4, 5)]
+    np.testing.assert_allclose(aligned["hidden_0"]["kernel"][:, live], a["hidden_0"]["kernel"][:, live])
 
 
 def test_unknown_method_rejected(trained):
@@ -89,3 +112,26 @@ def test_shape_mismatch_rejected(trained):
     b = random_mlp(1, depth=2, width=9)
     with pytest.raises(ValueError, match="has size 9 but permutation hidden_0 has size 8"):
         align("wm", a, b)
+
+
+@pytest.mark.parametrize("method", ["wm_cov", "am", "am_corr"])
+def test_statistics_methods_need_moments(method, trained):
+    with pytest.raises(ValueError, match="needs activation statistics"):
+        align(method, trained[0].params, trained[1].params)
+
+
+def test_sinkhorn_nonconvergence_raises():
+    rng = np.random.default_rng(0)
+    cost = rng.random((40, 40))
+    with pytest.raises(AlignmentError, match="did not converge"):
+        sinkhorn_plan(cost, reg=1e-4, max_iter=3, tol=1e-3)
+
+
+def test_sinkhorn_small_reg_fails_loudly_or_converges():
+    a, b = random_mlp(0, depth=1, width=32), random_mlp(1, depth=1, width=32)
+    try:
+        result = align("sinkhorn", a, b, AlignOptions(sinkhorn_reg=1e-5, sinkhorn_max_iter=50))
+    except AlignmentError as error:
+        assert "raise alignment.sinkhorn_reg" in str(error)
+    else:
+        assert sorted(result.perms["hidden_0"]) == list(range(32))

@@ -4,6 +4,7 @@ rule aggregate:
         curves=per_setting("curves.parquet"),
         dimensions=per_setting("dimensions.parquet"),
         alignments=per_setting("alignment.parquet"),
+        wasserstein=per_setting("wasserstein.parquet"),
         histories=histories_of_study,
     output:
         TABLES,
@@ -14,7 +15,8 @@ rule aggregate:
     shell:
         "lmcpipe aggregate --barriers {input.barriers:q} --curves {input.curves:q} "
         "--dimensions {input.dimensions:q} --alignments {input.alignments:q} "
-        "--histories {input.histories:q} --out-dir results/tables > {log:q} 2>&1"
+        "--histories {input.histories:q} --wasserstein {input.wasserstein:q} "
+        "--out-dir results/tables > {log:q} 2>&1"
 
 
 rule plot:

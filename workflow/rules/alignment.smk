@@ -7,6 +7,8 @@ rule align:
         methods=" ".join(config["alignment"]["methods"]),
         seed=config["alignment"]["seed"],
         max_passes=config["alignment"]["max_passes"],
+        sinkhorn_reg=config["alignment"]["sinkhorn_reg"],
+        sinkhorn_max_iter=config["alignment"]["sinkhorn_max_iter"],
     log:
         "results/logs/align/{dataset}/depth{depth}/width{width}/lr{lr}.log",
     benchmark:
@@ -15,7 +17,8 @@ rule align:
         "../envs/lmcpipe.yaml"
     shell:
         "lmcpipe align {input:q} --methods {params.methods} --seed {params.seed} "
-        "--max-passes {params.max_passes} --out {output:q} > {log:q} 2>&1"
+        "--max-passes {params.max_passes} --sinkhorn-reg {params.sinkhorn_reg} "
+        "--sinkhorn-max-iter {params.sinkhorn_max_iter} --out {output:q} > {log:q} 2>&1"
 
 
 rule barrier:
@@ -37,3 +40,18 @@ rule barrier:
         "lmcpipe barrier {input.checkpoints:q} --alignment {input.alignment:q} "
         "--points {params.points} --curves-out {output.curves:q} "
         "--barriers-out {output.barriers:q} > {log:q} 2>&1"
+
+
+rule wasserstein:
+    input:
+        checkpoints_of,
+    output:
+        "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/wasserstein.parquet",
+    log:
+        "results/logs/wasserstein/{dataset}/depth{depth}/width{width}/lr{lr}.log",
+    benchmark:
+        "results/benchmarks/wasserstein/{dataset}/depth{depth}/width{width}/lr{lr}.tsv"
+    conda:
+        "../envs/lmcpipe.yaml"
+    shell:
+        "lmcpipe wasserstein {input:q} --out {output:q} > {log:q} 2>&1"

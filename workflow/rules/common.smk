@@ -36,7 +36,7 @@ SETTINGS = [
 ]
 SETTING_DIRS = [RUN.format(**setting) for setting in SETTINGS]
 
-TABLE_KINDS = ["barriers", "curves", "dimensions", "histories", "alignments"]
+TABLE_KINDS = ["barriers", "curves", "dimensions", "histories", "alignments", "wasserstein"]
 TABLES = expand("results/tables/{kind}.parquet", kind=TABLE_KINDS + ["correlations"])
 PLOTS = expand(
     "results/plots/{name}.png",
