@@ -160,22 +160,33 @@ def coordinate_descent(
 ) -> tuple[dict[str, np.ndarray], list[float], bool]:
     """Maximise the summed inner product of the arrays ``keys`` over permutations.
 
+    The score matrix of a layer is built in float32, which halves the time
+    of its matrix products; the candidate assignment is then scored
+    exactly in float64 against the current one, and kept only if it is
+    better by more than a relative 1e-12. The float64 objective therefore
+    never decreases from one pass to the next.
+
     Returns:
         ``(perms, objectives, converged)``, with the objective after each pass.
-        The objective never decreases: a layer's permutation changes only when
-        its assignment score rises by more than a relative 1e-12.
 
     Warns:
         PassLimitWarning: ``max_passes`` passes ran and the last one still
             improved a layer.
     """
-    params_a = _as_float64(params_a)
-    params_b = _as_float64(params_b)
+    exact_a = _as_float64(params_a)
+    exact_b = _as_float64(params_b)
     perms = identity_permutations(spec)
     touched = {
         name: [(key, axis) for key, axis in spec.touching(name) if key in keys]
         for name in spec.sizes
     }
+    # A's slices along each touched axis never change: flatten them once.
+    slices_a = {
+        (key, axis): np.moveaxis(exact_a[key[0]][key[1]], axis, 0).reshape(spec.sizes[name], -1)
+        for name in spec.sizes
+        for key, axis in touched[name]
+    }
+    single_a = {item: value.astype(np.float32) for item, value in slices_a.items()}
     objectives: list[float] = []
     for _ in range(max_passes):
         improved = False
@@ -183,19 +194,24 @@ def coordinate_descent(
             if not touched[name]:
                 continue
             size = spec.sizes[name]
-            score = np.zeros((size, size))
-            for (layer, param), axis in touched[name]:
-                a = np.moveaxis(params_a[layer][param], axis, 0).reshape(size, -1)
-                b = permute_array(params_b[layer][param], spec.axes[(layer, param)], perms, skip=name)
-                b = np.moveaxis(b, axis, 0).reshape(size, -1)
-                score += a @ b.T
-            rows, cols = linear_sum_assignment(score, maximize=True)
-            old = score[np.arange(size), perms[name]].sum()
-            new = score[rows, cols].sum()
+            score = np.zeros((size, size), np.float32)
+            slices_b = {}
+            for key, axis in touched[name]:
+                b = permute_array(exact_b[key[0]][key[1]], spec.axes[key], perms, skip=name)
+                slices_b[(key, axis)] = np.moveaxis(b, axis, 0).reshape(size, -1)
+                score += single_a[(key, axis)] @ slices_b[(key, axis)].astype(np.float32).T
+            _, candidate = linear_sum_assignment(score, maximize=True)
+
+            def exact_score(perm):
+                return sum(
+                    float(np.vdot(slices_a[item], slices_b[item][perm])) for item in slices_b
+                )
+
+            old, new = exact_score(perms[name]), exact_score(candidate)
             if new > old + 1e-12 * max(1.0, abs(old)):
-                perms[name] = cols
+                perms[name] = candidate
                 improved = True
-        objectives.append(_objective(spec, keys, params_a, params_b, perms))
+        objectives.append(_objective(spec, keys, exact_a, exact_b, perms))
         if not improved:
             return perms, objectives, True
     message = (
