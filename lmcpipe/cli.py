@@ -95,6 +95,20 @@ def cmd_summary(args) -> None:
         print(summary(barriers, args.split, args.metric))
 
 
+def cmd_bounds(args) -> None:
+    from lmcpipe.theory import bounds_to_file
+
+    table = bounds_to_file(
+        args.out, epsilons=args.epsilon, input_dim=args.input_dim, depth=args.depth,
+        T=args.T, dimensions=args.dimensions, constant=args.constant,
+        log_power=args.log_power, delta=args.delta,
+    )
+    print("log10 of the width each bound requires ('-': not applicable; inf: beyond the float range)")
+    print(table.to_pandas().to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.6g}"))
+    if args.out is not None:
+        log.info("wrote %s", args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmcpipe import __version__
 
@@ -172,6 +186,28 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--split", choices=["train", "test"], default="test")
     summary.add_argument("--metric", choices=["loss", "accuracy"], default="loss")
     summary.set_defaults(run=cmd_summary)
+
+    bounds = commands.add_parser("bounds", help="print the theoretical width bounds for LMC error epsilon")
+    bounds.add_argument("--epsilon", type=float, nargs="+", required=True,
+                        help="LMC errors, each in (0, 1)")
+    bounds.add_argument("--input-dim", type=float, required=True,
+                        help="input dimension m0 = d of the network")
+    bounds.add_argument("--depth", type=int, default=1,
+                        help="hidden layers of the deep bound (default: 1)")
+    bounds.add_argument("--T", type=float, nargs="+", default=[1.0],
+                        help="layer constant T_l of the deep bounds, one value or one per layer, "
+                        "each greater than every epsilon (default: 1)")
+    bounds.add_argument("--dimensions", type=float, nargs="+",
+                        help="support dimension k_l of each layer's neuron weights, one value or "
+                        "one per layer. Adds the low-dimensional bound.")
+    bounds.add_argument("--constant", type=float, default=1.0,
+                        help="constant C of the hidden factor C * ln(1/(epsilon*delta))^p (default: 1)")
+    bounds.add_argument("--log-power", type=float, default=0.0,
+                        help="power p of the hidden factor (default: 0, no logarithmic factor)")
+    bounds.add_argument("--delta", type=float, default=0.05,
+                        help="failure probability delta in the hidden factor (default: 0.05)")
+    bounds.add_argument("--out", type=Path, help="also write the table to this Parquet file")
+    bounds.set_defaults(run=cmd_bounds)
     return parser
 
 
