@@ -126,7 +126,11 @@ def aggregate(inputs: dict[str, list], out_dir) -> dict[str, Path]:
 
 
 def summary(barriers: pd.DataFrame, split: str = "test", metric: str = "loss") -> pd.DataFrame:
-    """Return mean and standard deviation of the barrier over pairs, by width and method."""
+    """Return the mean barrier over pairs, one row per width and one column per method.
+
+    The last row, ``all``, is the mean over every pair of the study.
+    """
     rows = barriers[(barriers["split"] == split) & (barriers["metric"] == metric)]
-    table = rows.groupby(["width", "method"])["barrier"].agg(["mean", "std", "count"])
-    return table.unstack("method")
+    table = rows.pivot_table(index="width", columns="method", values="barrier", aggfunc="mean")
+    table.loc["all"] = rows.groupby("method")["barrier"].mean()
+    return table

@@ -182,7 +182,9 @@ def coordinate_descent(
     }
     # A's slices along each touched axis never change: flatten them once.
     slices_a = {
-        (key, axis): np.moveaxis(exact_a[key[0]][key[1]], axis, 0).reshape(spec.sizes[name], -1)
+        (key, axis): np.ascontiguousarray(
+            np.moveaxis(exact_a[key[0]][key[1]], axis, 0).reshape(spec.sizes[name], -1)
+        )
         for name in spec.sizes
         for key, axis in touched[name]
     }
@@ -198,9 +200,11 @@ def coordinate_descent(
             slices_b = {}
             for key, axis in touched[name]:
                 b = permute_array(exact_b[key[0]][key[1]], spec.axes[key], perms, skip=name)
-                slices_b[(key, axis)] = np.moveaxis(b, axis, 0).reshape(size, -1)
+                slices_b[(key, axis)] = np.ascontiguousarray(np.moveaxis(b, axis, 0).reshape(size, -1))
                 score += single_a[(key, axis)] @ slices_b[(key, axis)].astype(np.float32).T
             _, candidate = linear_sum_assignment(score, maximize=True)
+            if np.array_equal(candidate, perms[name]):
+                continue
 
             def exact_score(perm):
                 return sum(

@@ -92,7 +92,7 @@ def cmd_summary(args) -> None:
     barriers = pd.read_parquet(Path(args.tables) / "barriers.parquet")
     with pd.option_context("display.width", 160, "display.precision", 4):
         print(f"mean {args.split} {args.metric} barrier over pairs, by width and method")
-        print(summary(barriers, args.split, args.metric))
+        print(summary(barriers, args.split, args.metric).to_string(float_format="{:.4f}".format))
 
 
 def cmd_bounds(args) -> None:
