@@ -410,15 +410,22 @@ def align(
     )
 
 
-def load_models(checkpoints) -> list[tuple[dict, dict]]:
-    """Load checkpoints of one setting, skipping diverged runs with a warning."""
+def load_models(checkpoints) -> tuple[list[tuple[dict, dict]], int]:
+    """Load checkpoints of one setting, skipping diverged runs with a warning.
+
+    Returns:
+        ``(models, n_excluded)``: the ``(params, meta)`` of every run with
+        status ``ok``, in seed order, and the number of runs left out.
+    """
     from lmcpipe.io import load_checkpoint
 
     models = []
+    excluded = 0
     for path in checkpoints:
         params, meta = load_checkpoint(path)
         if meta.get("status") != "ok":
             log.warning("%s: run status is %r; excluded from pairs", path, meta.get("status"))
+            excluded += 1
             continue
         models.append((params, meta))
     hashes = {meta["spec_hash"] for _, meta in models}
@@ -427,7 +434,10 @@ def load_models(checkpoints) -> list[tuple[dict, dict]]:
             f"checkpoints {list(map(str, checkpoints))} come from different settings "
             f"(spec hashes {sorted(hashes)}); pairs need identical settings"
         )
-    return sorted(models, key=lambda model: model[1]["seed"])
+    if len(models) < 2:
+        log.warning("%d run(s) with status ok among %d checkpoint(s): no pair to align",
+                    len(models), len(checkpoints))
+    return sorted(models, key=lambda model: model[1]["seed"]), excluded
 
 
 def seed_pairs(models) -> list[tuple[int, int]]:
@@ -496,9 +506,10 @@ def alignment_table(models, methods, options: AlignOptions | None = None, datase
                     "seconds": result.seconds,
                     "statistics_seconds": statistics_seconds if check_method(method).needs_moments else 0.0,
                 })
-    schema = pa.schema([
-        ("dataset", pa.string()), ("depth", pa.int64()), ("width", pa.int64()),
-        ("lr", pa.float64()), ("seed_a", pa.int64()), ("seed_b", pa.int64()),
+    from lmcpipe.spec import run_key_fields
+
+    schema = pa.schema(run_key_fields() + [
+        ("seed_a", pa.int64()), ("seed_b", pa.int64()),
         ("method", pa.string()), ("layer", pa.int32()),
         ("permutation", pa.list_(pa.int32())), ("objective", pa.float64()),
         ("passes", pa.int32()), ("converged", pa.bool_()), ("seconds", pa.float64()),
@@ -528,7 +539,7 @@ def align_to_file(checkpoints, methods, out, options: AlignOptions | None = None
 
     for method in methods:
         check_method(method)
-    models = load_models(checkpoints)
+    models, _ = load_models(checkpoints)
     table = alignment_table(models, methods, options)
     hashes = sorted({meta["spec_hash"] for _, meta in models})
     write_table(table, out, table_metadata(",".join(hashes)))

@@ -103,7 +103,26 @@ def midpoint(ts: np.ndarray, values: np.ndarray) -> float:
 SPLITS = ("train", "test")
 
 
-def barrier_tables(models, alignment, points: int = 25):
+def table_schemas():
+    """Return the pyarrow schemas of the ``curves`` and ``barriers`` tables."""
+    import pyarrow as pa
+
+    from lmcpipe.spec import run_key_fields
+
+    pair = run_key_fields() + [
+        ("seed_a", pa.int64()), ("seed_b", pa.int64()), ("method", pa.string()),
+        ("split", pa.string()), ("metric", pa.string()),
+    ]
+    curves = pa.schema(pair + [("t", pa.float64()), ("value", pa.float64())])
+    barriers = pa.schema(pair + [
+        ("barrier", pa.float64()), ("midpoint", pa.float64()),
+        ("endpoint_a", pa.float64()), ("endpoint_b", pa.float64()),
+        ("n_diverged", pa.int64()),
+    ])
+    return curves, barriers
+
+
+def barrier_tables(models, alignment, points: int = 25, n_diverged: int = 0):
     """Evaluate every pair and method of an alignment table along the line.
 
     Args:
@@ -111,12 +130,14 @@ def barrier_tables(models, alignment, points: int = 25):
             :func:`lmcpipe.alignment.load_models`.
         alignment: alignment table of those models.
         points: odd number of t values.
+        n_diverged: runs of the setting left out because they diverged,
+            recorded in every barrier row.
 
     Returns:
         ``(curves, barriers)`` tables. ``curves`` has the run keys, ``seed_a,
         seed_b, method, split, metric, t, value``; ``barriers`` has one row
         per pair, method, split and metric with ``barrier``, ``midpoint``,
-        ``endpoint_a`` and ``endpoint_b``.
+        ``endpoint_a``, ``endpoint_b`` and ``n_diverged``.
     """
     import pyarrow as pa
 
@@ -125,9 +146,10 @@ def barrier_tables(models, alignment, points: int = 25):
     from lmcpipe.permutation import apply_permutations, permutation_spec
     from lmcpipe.spec import TrainSpec
 
-    if not models:
-        raise ValueError("no models to evaluate")
+    curves_schema, barriers_schema = table_schemas()
     ts = t_grid(points)
+    if len(models) < 2:
+        return curves_schema.empty_table(), barriers_schema.empty_table()
     by_seed = {meta["seed"]: params for params, meta in models}
     spec = TrainSpec.from_dict(models[0][1]["spec"])
     dataset = load_for_spec(spec)
@@ -162,10 +184,12 @@ def barrier_tables(models, alignment, points: int = 25):
                     "barrier": barrier(ts, values, metric),
                     "midpoint": midpoint(ts, values),
                     "endpoint_a": float(values[0]), "endpoint_b": float(values[-1]),
+                    "n_diverged": n_diverged,
                 })
     n = len(curve_rows["t"])
-    curves = pa.table({**{key: [value] * n for key, value in keys.items()}, **curve_rows})
-    return curves, pa.Table.from_pylist(barrier_rows)
+    curves = pa.table({**{key: [value] * n for key, value in keys.items()}, **curve_rows},
+                      schema=curves_schema)
+    return curves, pa.Table.from_pylist(barrier_rows, schema=barriers_schema)
 
 
 def barriers_to_files(checkpoints, alignment_path, curves_out, barriers_out, points: int = 25) -> None:
@@ -173,8 +197,8 @@ def barriers_to_files(checkpoints, alignment_path, curves_out, barriers_out, poi
     from lmcpipe.alignment import load_models
     from lmcpipe.io import read_table, table_metadata, write_table
 
-    models = load_models(checkpoints)
-    curves, barriers = barrier_tables(models, read_table(alignment_path), points)
+    models, n_diverged = load_models(checkpoints)
+    curves, barriers = barrier_tables(models, read_table(alignment_path), points, n_diverged)
     hashes = ",".join(sorted({meta["spec_hash"] for _, meta in models}))
     write_table(curves, curves_out, table_metadata(hashes))
     write_table(barriers, barriers_out, table_metadata(hashes))

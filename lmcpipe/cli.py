@@ -32,7 +32,8 @@ def cmd_train(args) -> None:
     from lmcpipe.training import train_to_files
 
     vectorize = {"auto": "auto", "vmap": True, "loop": False}[args.execution]
-    train_to_files(_read_spec(args.spec), args.seeds, args.out_dir, vectorize)
+    train_to_files(_read_spec(args.spec), args.seeds, args.out_dir, vectorize,
+                   args.checkpoint_every, args.on_divergence)
 
 
 def cmd_extract(args) -> None:
@@ -126,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--execution", choices=["auto", "vmap", "loop"], default="auto",
                        help="train the seeds in one program with jax.vmap, or one after "
                        "another (default: auto, which is vmap)")
+    train.add_argument("--checkpoint-every", type=int, default=1,
+                       help="save the resumable training state every N epochs (default: 1)")
+    train.add_argument("--on-divergence", choices=["exclude", "error"], default="exclude",
+                       help="record a seed whose loss becomes NaN or infinite as diverged "
+                       "and go on (exclude), or stop with an error (error)")
     train.set_defaults(run=cmd_train)
 
     extract = commands.add_parser("extract", help="write the neuron table of one checkpoint")

@@ -119,14 +119,27 @@ def dimension_table(neuron_tables, estimators=ESTIMATORS):
                 rows.append(
                     {**keys, "layer": layer, "geometry": "incoming", **dataclasses.asdict(result)}
                 )
-    columns = key_names + ["layer", "geometry", "estimator", "dimension", "n_points", "n_removed", "reason"]
-    return pa.Table.from_pylist([{name: row[name] for name in columns} for row in rows])
+    from lmcpipe.spec import run_key_fields
+
+    schema = pa.schema(run_key_fields() + [
+        ("seed", pa.int64()), ("layer", pa.int64()), ("geometry", pa.string()),
+        ("estimator", pa.string()), ("dimension", pa.float64()), ("n_points", pa.int64()),
+        ("n_removed", pa.int64()), ("reason", pa.string()),
+    ])
+    return pa.Table.from_pylist([{name: row[name] for name in schema.names} for row in rows], schema=schema)
 
 
 def dimensions_to_file(neuron_paths, out, estimators=ESTIMATORS) -> None:
     """Estimate dimensions from neuron tables on disk and write the table to ``out``."""
     from lmcpipe.io import metadata_of, read_table, table_metadata, write_table
 
-    tables = [read_table(path) for path in neuron_paths]
+    tables = []
+    for path in neuron_paths:
+        table = read_table(path)
+        status = metadata_of(table).get("lmcpipe.status", "ok")
+        if status != "ok":
+            log.warning("%s: run status is %r; no dimension estimated", path, status)
+            continue
+        tables.append(table)
     hashes = sorted({metadata_of(table).get("lmcpipe.config_hash", "") for table in tables})
     write_table(dimension_table(tables, estimators), out, table_metadata(",".join(hashes)))

@@ -57,12 +57,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def table_metadata(spec_hash: str | None = None, **extra: str) -> dict[str, str]:
-    """Return schema metadata recorded in every lmcpipe table."""
-    metadata = {"lmcpipe.version": __version__}
+    """Return schema metadata recorded in every lmcpipe table.
+
+    Keys: ``lmcpipe.version``, ``lmcpipe.jax_version``, ``lmcpipe.backend``
+    (JAX's default backend where the writing process imported JAX, else
+    ``numpy``), ``lmcpipe.config_hash`` (the hash of the training settings
+    the table derives from) and any ``extra`` values under ``lmcpipe.<key>``.
+    """
+    metadata = {
+        "lmcpipe.version": __version__,
+        "lmcpipe.jax_version": _package_version("jax"),
+        "lmcpipe.backend": _backend(),
+    }
     if spec_hash is not None:
         metadata["lmcpipe.config_hash"] = spec_hash
-    metadata.update({f"lmcpipe.{key}": value for key, value in extra.items()})
+    metadata.update({f"lmcpipe.{key}": str(value) for key, value in extra.items()})
     return metadata
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _backend() -> str:
+    import sys
+
+    if "jax" not in sys.modules:
+        return "numpy"
+    return sys.modules["jax"].default_backend()
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, metadata: dict[str, str]) -> None:

@@ -112,3 +112,15 @@ class TrainSpec:
 def format_lr(lr: float) -> str:
     """Format a learning rate the way it appears in result paths (``repr``)."""
     return repr(float(lr))
+
+
+def run_key_fields() -> list:
+    """Return the pyarrow fields of the run keys, first in every per-setting table."""
+    import pyarrow as pa
+
+    return [
+        pa.field("dataset", pa.string()),
+        pa.field("depth", pa.int64()),
+        pa.field("width", pa.int64()),
+        pa.field("lr", pa.float64()),
+    ]

@@ -125,8 +125,14 @@ def wasserstein_table(models, dataset=None):
     from lmcpipe.spec import TrainSpec
     from lmcpipe.statistics import activation_moments
 
-    if not models:
-        raise ValueError("no models to compare")
+    from lmcpipe.spec import run_key_fields
+
+    schema = pa.schema(run_key_fields() + [
+        ("seed_a", pa.int64()), ("seed_b", pa.int64()), ("layer", pa.int64()),
+        ("metric", pa.string()), ("w2", pa.float64()),
+    ])
+    if len(models) < 2:
+        return schema.empty_table()
     if dataset is None:
         from lmcpipe.data import load_for_spec
 
@@ -143,7 +149,7 @@ def wasserstein_table(models, dataset=None):
                              "layer": layer, "metric": metric, "w2": distance})
         log.info("seeds %d-%d: W2 %s", meta_a["seed"], meta_b["seed"],
                  {row["metric"]: round(row["w2"], 5) for row in rows[-2 * len(distances):]})
-    return pa.Table.from_pylist(rows)
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def wasserstein_to_file(checkpoints, out) -> None:
@@ -151,6 +157,6 @@ def wasserstein_to_file(checkpoints, out) -> None:
     from lmcpipe.alignment import load_models
     from lmcpipe.io import table_metadata, write_table
 
-    models = load_models(checkpoints)
+    models, _ = load_models(checkpoints)
     hashes = ",".join(sorted({meta["spec_hash"] for _, meta in models}))
     write_table(wasserstein_table(models), out, table_metadata(hashes))

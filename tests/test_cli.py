@@ -38,6 +38,7 @@ def test_steps_chain_through_cli(run_dir, capsys):
     assert main(["dimension", *neurons, "--out", str(run_dir / "dims.parquet")]) == 0
     assert main(["align", *checkpoints, "--methods", "naive", "wm",
                  "--out", str(run_dir / "alignment.parquet")]) == 0
+    assert main(["wasserstein", *checkpoints, "--out", str(run_dir / "wasserstein.parquet")]) == 0
     assert main(["barrier", *checkpoints, "--alignment", str(run_dir / "alignment.parquet"),
                  "--points", "5", "--curves-out", str(run_dir / "curves.parquet"),
                  "--barriers-out", str(run_dir / "barriers.parquet")]) == 0
@@ -51,6 +52,7 @@ def test_steps_chain_through_cli(run_dir, capsys):
                  "--curves", str(run_dir / "curves.parquet"),
                  "--dimensions", str(run_dir / "dims.parquet"),
                  "--alignments", str(run_dir / "alignment.parquet"),
+                 "--wasserstein", str(run_dir / "wasserstein.parquet"),
                  "--histories", *histories, "--out-dir", str(tables)]) == 0
     correlations = pq.read_table(tables / "correlations.parquet").to_pandas()
     assert set(correlations.method) == {"naive", "wm"}

@@ -1,8 +1,19 @@
 import json
+import sys
+from pathlib import Path
 
 from snakemake.utils import validate
 
+from lmcpipe.config import ConfigError, check_config, check_config_files
 
+
+# Report every invalid value at once, and repeated YAML keys, before any job
+# starts; Snakemake's validate then fills in the schema's defaults.
+try:
+    check_config_files(workflow.configfiles)
+    check_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+except ConfigError as error:
+    sys.exit(f"lmcpipe: {error}")
 validate(config, "../schemas/config.schema.yaml")
 
 
