@@ -28,14 +28,37 @@ GROUP_KEYS = ["dataset", "depth", "layer", "estimator", "geometry", "method", "s
 TABLES = ("barriers", "curves", "dimensions", "histories", "alignments", "wasserstein")
 
 
-def concat_tables(paths) -> pa.Table:
-    """Read and concatenate tables of one kind, checking they share a schema."""
+class MixedVersionsError(ValueError):
+    """Tables written by different lmcpipe versions were to be combined."""
+
+
+def concat_tables(paths, allow_mixed_versions: bool = False) -> pa.Table:
+    """Read and concatenate tables of one kind, checking they share a schema.
+
+    Raises:
+        MixedVersionsError: the tables were written by different lmcpipe
+            versions and ``allow_mixed_versions`` is false. Snakemake does
+            not rerun a step when the installed package changes, so such a
+            mix means that some results predate an upgrade.
+    """
     tables = [read_table(path) for path in paths]
     if not tables:
         raise ValueError("no tables to concatenate")
-    versions = {metadata_of(table).get("lmcpipe.version") for table in tables}
-    if len(versions) > 1:
-        log.warning("tables written by several lmcpipe versions: %s", sorted(map(str, versions)))
+    by_version: dict[str, list[str]] = {}
+    for path, table in zip(paths, tables):
+        version = metadata_of(table).get("lmcpipe.version", "unknown")
+        by_version.setdefault(version, []).append(str(path))
+    if len(by_version) > 1:
+        listing = "; ".join(
+            f"{version}: {len(files)} file(s), e.g. {files[0]}" for version, files in sorted(by_version.items())
+        )
+        if not allow_mixed_versions:
+            raise MixedVersionsError(
+                f"tables written by different lmcpipe versions ({listing}); rerun the outdated "
+                "steps (snakemake --cores all --forceall, or --forcerun RULE) or pass "
+                "--allow-mixed-versions (config: aggregate.allow_mixed_versions: true)"
+            )
+        log.warning("combining tables written by different lmcpipe versions: %s", listing)
     stripped = [table.replace_schema_metadata(None) for table in tables]
     try:
         return pa.concat_tables(stripped, promote_options="default")
@@ -94,13 +117,15 @@ def correlation_table(barriers: pd.DataFrame, dimensions: pd.DataFrame) -> pd.Da
     return pd.DataFrame(rows, columns=columns)
 
 
-def aggregate(inputs: dict[str, list], out_dir) -> dict[str, Path]:
+def aggregate(inputs: dict[str, list], out_dir, allow_mixed_versions: bool = False) -> dict[str, Path]:
     """Write the study tables and the correlation table to ``out_dir``.
 
     Args:
         inputs: table kind (one of :data:`TABLES`) to the per-setting files
             of that kind.
         out_dir: folder for ``<kind>.parquet`` and ``correlations.parquet``.
+        allow_mixed_versions: combine tables written by different lmcpipe
+            versions instead of raising :class:`MixedVersionsError`.
 
     Returns:
         Table name to written path.
@@ -109,7 +134,7 @@ def aggregate(inputs: dict[str, list], out_dir) -> dict[str, Path]:
     written: dict[str, Path] = {}
     tables = {}
     for kind in TABLES:
-        tables[kind] = concat_tables(inputs[kind])
+        tables[kind] = concat_tables(inputs[kind], allow_mixed_versions)
         path = out_dir / f"{kind}.parquet"
         write_table(tables[kind], path, table_metadata())
         written[kind] = path

@@ -73,7 +73,8 @@ def cmd_barrier(args) -> None:
 def cmd_aggregate(args) -> None:
     from lmcpipe.aggregate import TABLES, aggregate
 
-    written = aggregate({kind: getattr(args, kind) for kind in TABLES}, args.out_dir)
+    written = aggregate({kind: getattr(args, kind) for kind in TABLES}, args.out_dir,
+                        args.allow_mixed_versions)
     for name, path in written.items():
         log.info("wrote %s table %s", name, path)
 
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         aggregate.add_argument(f"--{kind}", type=Path, nargs="+", required=True,
                                help=f"per-setting {kind} tables")
     aggregate.add_argument("--out-dir", required=True, type=Path)
+    aggregate.add_argument("--allow-mixed-versions", action="store_true",
+                           help="combine tables written by different lmcpipe versions")
     aggregate.set_defaults(run=cmd_aggregate)
 
     plot = commands.add_parser("plot", help="draw the study's plots from its tables")

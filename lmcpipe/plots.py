@@ -82,6 +82,14 @@ def interpolation_curves(curves: pd.DataFrame, path: Path, split="test", metric=
     _save(figure, path)
 
 
+def empty_plot(path: Path, reason: str) -> None:
+    """Write a figure that says why there is nothing to plot."""
+    figure, axis = plt.subplots(figsize=(5, 2))
+    axis.axis("off")
+    axis.text(0.5, 0.5, reason, ha="center", va="center", wrap=True)
+    _save(figure, path)
+
+
 def plot_all(tables_dir, plots_dir) -> list[Path]:
     """Draw every plot of the study from the tables in ``tables_dir``."""
     tables_dir, plots_dir = Path(tables_dir), Path(plots_dir)
@@ -93,6 +101,11 @@ def plot_all(tables_dir, plots_dir) -> list[Path]:
         plots_dir / "barrier_vs_dimension.png",
         plots_dir / "interpolation_curves.png",
     ]
+    if barriers.empty:
+        reason = "No pair to plot: every setting has fewer than two runs with status ok\n(see histories.parquet and the training logs)."
+        for path in paths:
+            empty_plot(path, reason)
+        return paths
     barrier_vs_width(barriers, paths[0])
     barrier_vs_dimension(barriers, dimensions, paths[1])
     interpolation_curves(curves, paths[2])

@@ -1,8 +1,11 @@
 """Run the Snakemake workflow end to end on the tiny study in ``.test/``."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,11 +26,29 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("study")
+# Wall-clock measurements differ between runs by nature; every other column
+# must be identical.
+TIMING_COLUMNS = {"seconds", "statistics_seconds"}
+
+
+def new_study(tmp_path_factory, name):
+    workdir = tmp_path_factory.mktemp(name)
     (workdir / "config").mkdir()
     shutil.copy(ROOT / ".test" / "config.yaml", workdir / "config" / "config.yaml")
+    return workdir
+
+
+def assert_same_tables(first: Path, second: Path):
+    for name in TABLES:
+        a = pd.read_parquet(first / "results" / "tables" / f"{name}.parquet")
+        b = pd.read_parquet(second / "results" / "tables" / f"{name}.parquet")
+        columns = [column for column in a.columns if column not in TIMING_COLUMNS]
+        pd.testing.assert_frame_equal(a[columns], b[columns], check_exact=True, obj=name)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    workdir = new_study(tmp_path_factory, "study")
     result = snakemake(workdir)
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir
@@ -74,6 +95,51 @@ def test_new_learning_rate_reruns_only_its_jobs(study):
     assert counts["align"] == 2
     assert counts["barrier"] == 2
     assert counts["aggregate"] == 1
+
+
+def test_two_runs_from_scratch_are_identical(study, tmp_path_factory):
+    again = new_study(tmp_path_factory, "again")
+    result = snakemake(again)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_same_tables(study, again)
+
+
+def test_killed_workflow_finishes_without_redoing_jobs(study, tmp_path_factory):
+    workdir = new_study(tmp_path_factory, "killed")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
+               "--directory", str(workdir), "--cores", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    runs = workdir / "results" / "runs" / "digits" / "depth1"
+    first_done = runs / "width8" / "lr0.05" / "barriers.parquet"
+
+
+    def outputs():
+        return set(runs.rglob("*.parquet")) | set(runs.rglob("params.npz"))
+
+    deadline = time.monotonic() + 600
+    while not first_done.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    # An output on disk may belong to a job Snakemake has not yet recorded as
+    # complete; once a later job's output appears, with one core, every
+    # earlier output is final.
+    seen = outputs()
+    while outputs() == seen and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the workflow finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (workdir / "results" / "tables" / "barriers.parquet").exists()
+    limit = first_done.stat().st_mtime_ns
+    finished = {path: path.stat().st_mtime_ns for path in seen if path.stat().st_mtime_ns <= limit}
+    assert first_done in finished
+    assert len(finished) >= 5
+    assert snakemake(workdir, "--unlock").returncode == 0
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
+    assert_same_tables(study, workdir)
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):

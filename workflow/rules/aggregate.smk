@@ -8,6 +8,8 @@ rule aggregate:
         histories=histories_of_study,
     output:
         TABLES,
+    params:
+        mixed="--allow-mixed-versions" if config["aggregate"]["allow_mixed_versions"] else "",
     log:
         "results/logs/aggregate.log",
     conda:
@@ -16,7 +18,7 @@ rule aggregate:
         "lmcpipe aggregate --barriers {input.barriers:q} --curves {input.curves:q} "
         "--dimensions {input.dimensions:q} --alignments {input.alignments:q} "
         "--histories {input.histories:q} --wasserstein {input.wasserstein:q} "
-        "--out-dir results/tables > {log:q} 2>&1"
+        "--out-dir results/tables {params.mixed} > {log:q} 2>&1"
 
 
 rule plot:

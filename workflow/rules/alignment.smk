@@ -4,7 +4,7 @@ rule align:
     output:
         "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/alignment.parquet",
     params:
-        methods=" ".join(config["alignment"]["methods"]),
+        methods=config["alignment"]["methods"],
         seed=config["alignment"]["seed"],
         max_passes=config["alignment"]["max_passes"],
         sinkhorn_reg=config["alignment"]["sinkhorn_reg"],
@@ -16,7 +16,7 @@ rule align:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
-        "lmcpipe align {input:q} --methods {params.methods} --seed {params.seed} "
+        "lmcpipe align {input:q} --methods {params.methods:q} --seed {params.seed} "
         "--max-passes {params.max_passes} --sinkhorn-reg {params.sinkhorn_reg} "
         "--sinkhorn-max-iter {params.sinkhorn_max_iter} --out {output:q} > {log:q} 2>&1"
 

@@ -17,7 +17,7 @@ rule dimension:
     output:
         "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/dimensions.parquet",
     params:
-        estimators=" ".join(config["dimension"]["estimators"]),
+        estimators=config["dimension"]["estimators"],
     log:
         "results/logs/dimension/{dataset}/depth{depth}/width{width}/lr{lr}.log",
     benchmark:
@@ -25,5 +25,5 @@ rule dimension:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
-        "lmcpipe dimension {input:q} --estimators {params.estimators} "
+        "lmcpipe dimension {input:q} --estimators {params.estimators:q} "
         "--out {output:q} > {log:q} 2>&1"

@@ -7,6 +7,8 @@ rule train:
         seeds=" ".join(map(str, SEEDS)),
         out_dir=setting_dir,
         execution=config["training"]["execution"],
+        checkpoint_every=config["training"]["checkpoint_every"],
+        on_divergence=config["training"]["on_divergence"],
     log:
         "results/logs/train/{dataset}/depth{depth}/width{width}/lr{lr}.log",
     benchmark:
@@ -16,4 +18,6 @@ rule train:
     threads: 1
     shell:
         "lmcpipe train --spec {params.spec:q} --seeds {params.seeds} "
-        "--out-dir {params.out_dir:q} --execution {params.execution} > {log:q} 2>&1"
+        "--out-dir {params.out_dir:q} --execution {params.execution} "
+        "--checkpoint-every {params.checkpoint_every} "
+        "--on-divergence {params.on_divergence} > {log:q} 2>&1"
