@@ -85,6 +85,14 @@ def cmd_summary(args) -> None:
         print(summary(barriers, args.split, args.metric))
 
 
+def cmd_data_fetch(args) -> None:
+    from lmcpipe.data import DEFAULT_DATA_ROOT
+    from lmcpipe.fetch import fetch_dataset
+
+    directory = args.to if args.to is not None else DEFAULT_DATA_ROOT / args.name
+    fetch_dataset(args.name, directory)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmcpipe import __version__
 
@@ -140,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("--out-dir", required=True, type=Path)
     aggregate.set_defaults(run=cmd_aggregate)
 
+    data = commands.add_parser("data", help="manage dataset files")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    fetch = data_commands.add_parser(
+        "fetch", help="download a public dataset and verify its SHA-256 digests",
+        description="Download mnist, fashion_mnist or cifar10 from its public source "
+        "into a folder, check each file's size and SHA-256 digest, and write the files "
+        "only when all of them match.",
+    )
+    # The datasets of lmcpipe.fetch.SOURCES, listed here to keep startup fast.
+    fetch.add_argument("name", choices=["mnist", "fashion_mnist", "cifar10"])
+    fetch.add_argument("--to", type=Path, default=None,
+                       help="destination folder (default: data/NAME, the folder a study "
+                       "reads when data.directory is not set)")
+    fetch.set_defaults(run=cmd_data_fetch)
+
     plot = commands.add_parser("plot", help="draw the study's plots from its tables")
     plot.add_argument("--tables", required=True, type=Path, help="folder of the study tables")
     plot.add_argument("--out-dir", required=True, type=Path)
@@ -162,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except (ValueError, OSError) as error:
-        print(f"lmcpipe {args.command}: error: {error}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
+        print(f"lmcpipe {command}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -92,3 +92,17 @@ def test_lint_is_clean():
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_missing_dataset_stops_before_any_job(tmp_path):
+    (tmp_path / "config").mkdir()
+    config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    config["dataset"] = "mnist"
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--dry-run")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "dataset mnist not found: data/mnist lacks train-images-idx3-ubyte[.gz]" in output
+    assert "lmcpipe data fetch mnist --to data/mnist" in output
+    assert not (tmp_path / "results").exists()
+

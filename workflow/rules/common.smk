@@ -2,8 +2,26 @@ import json
 
 from snakemake.utils import validate
 
+from lmcpipe.data import data_spec_fields, require_dataset
+
 
 validate(config, "../schemas/config.schema.yaml")
+
+
+# Stop before any job when the dataset's files are missing; the error names
+# the folders searched and the command that downloads them.
+require_dataset(
+    config["dataset"],
+    directory=config["data"]["directory"],
+    npz_path=config["data"]["npz_path"],
+)
+# Loader options of the training spec: only those the dataset uses.
+DATA_SPEC_FIELDS = data_spec_fields(
+    config["dataset"],
+    directory=config["data"]["directory"],
+    mnist1d_seed=config["data"]["mnist1d_seed"],
+    npz_path=config["data"]["npz_path"],
+)
 
 
 # One folder per setting: every seed of a setting shares dataset, depth,
@@ -60,6 +78,7 @@ def train_spec(wildcards):
         "random_seed": config["random_seed"],
         "test_fraction": config["data"]["test_fraction"],
         "split_seed": config["data"]["split_seed"],
+        **DATA_SPEC_FIELDS,
     }
     return json.dumps(spec, sort_keys=True)
 
