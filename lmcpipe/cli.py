@@ -50,7 +50,7 @@ def cmd_dimension(args) -> None:
 def cmd_align(args) -> None:
     from lmcpipe.alignment import align_to_file
 
-    align_to_file(args.checkpoints, args.methods, args.out, args.seed, args.max_passes)
+    align_to_file(args.checkpoints, args.methods, args.out, args.seed, args.max_passes, args.pairs)
 
 
 def cmd_barrier(args) -> None:
@@ -124,13 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
                            choices=["participation_ratio", "twonn"])
     dimension.set_defaults(run=cmd_dimension)
 
-    align = commands.add_parser("align", help="align every pair of checkpoints of one setting")
+    align = commands.add_parser("align", help="align pairs of checkpoints of one setting")
     align.add_argument("checkpoints", type=Path, nargs="+")
     align.add_argument("--methods", nargs="+", default=["naive", "wm"], help="alignment methods")
     align.add_argument("--out", required=True, type=Path, help="alignment table (Parquet)")
     align.add_argument("--seed", type=int, default=0, help="seed of the random layer order")
     align.add_argument("--max-passes", type=int, default=100,
                        help="pass limit of weight matching's coordinate descent")
+    align.add_argument("--pairs", choices=["all", "disjoint"], default="all",
+                       help="align every unordered pair of seeds (all), or seeds 2k and "
+                       "2k+1 only (disjoint: each network in one pair)")
     align.set_defaults(run=cmd_align)
 
     barrier = commands.add_parser("barrier", help="interpolation curves and barriers of aligned pairs")

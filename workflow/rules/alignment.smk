@@ -5,6 +5,7 @@ rule align:
         "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/alignment.parquet",
     params:
         methods=" ".join(config["alignment"]["methods"]),
+        pairs=config["alignment"]["pairs"],
         seed=config["alignment"]["seed"],
         max_passes=config["alignment"]["max_passes"],
     log:
@@ -14,7 +15,7 @@ rule align:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
-        "lmcpipe align {input:q} --methods {params.methods} --seed {params.seed} "
+        "lmcpipe align {input:q} --methods {params.methods} --pairs {params.pairs} --seed {params.seed} "
         "--max-passes {params.max_passes} --out {output:q} > {log:q} 2>&1"
 
 
