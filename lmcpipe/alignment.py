@@ -440,13 +440,37 @@ def load_models(checkpoints) -> tuple[list[tuple[dict, dict]], int]:
     return sorted(models, key=lambda model: model[1]["seed"]), excluded
 
 
-def seed_pairs(models) -> list[tuple[int, int]]:
-    """Return the index pairs ``(i, j)``, ``i < j``, of every unordered pair of models."""
-    return [(i, j) for i in range(len(models)) for j in range(i + 1, len(models))]
+PAIRINGS = ("all", "disjoint")
 
 
-def alignment_table(models, methods, options: AlignOptions | None = None, dataset=None):
-    """Align every pair of ``models`` with every method; one row per pair, method and layer.
+def seed_pairs(models, pairing: str = "all") -> list[tuple[int, int]]:
+    """Return index pairs ``(i, j)``, ``i < j``, of the models to align.
+
+    ``models`` are sorted by seed index, as from :func:`load_models`. With
+    ``pairing="all"`` every unordered pair is returned. With ``"disjoint"``
+    the models with seeds 2k and 2k + 1 form a pair, so no network is in two
+    pairs. A model whose partner is missing, because the seed count is odd or
+    a run diverged, is left out with a log message.
+    """
+    if pairing == "all":
+        return [(i, j) for i in range(len(models)) for j in range(i + 1, len(models))]
+    if pairing != "disjoint":
+        raise ValueError(f"unknown pairing {pairing!r}; expected one of {list(PAIRINGS)}")
+    index_of = {meta["seed"]: index for index, (_, meta) in enumerate(models)}
+    pairs = []
+    for seed, index in index_of.items():
+        partner = seed + 1 if seed % 2 == 0 else seed - 1
+        if partner not in index_of:
+            log.info("seed %d has no partner (seed %d) for disjoint pairs; left out", seed, partner)
+        elif seed % 2 == 0:
+            pairs.append((index, index_of[partner]))
+    return sorted(pairs)
+
+
+def alignment_table(
+    models, methods, options: AlignOptions | None = None, dataset=None, pairing: str = "all"
+):
+    """Align pairs of ``models`` with every method; one row per pair, method and layer.
 
     Args:
         models: ``(params, meta)`` of one setting, from :func:`load_models`.
@@ -455,6 +479,7 @@ def alignment_table(models, methods, options: AlignOptions | None = None, datase
             seeded with ``(options.seed, seed_a, seed_b)``.
         dataset: the models' dataset, loaded from their spec when a method
             needs activation statistics and none is given.
+        pairing: which pairs to align, see :func:`seed_pairs`.
 
     Returns:
         A table with the run keys, ``seed_a, seed_b, method, layer,
@@ -475,7 +500,7 @@ def alignment_table(models, methods, options: AlignOptions | None = None, datase
 
         dataset = load_for_spec(TrainSpec.from_dict(models[0][1]["spec"]))
     rows = []
-    for i, j in seed_pairs(models):
+    for i, j in seed_pairs(models, pairing):
         (params_a, meta_a), (params_b, meta_b) = models[i], models[j]
         keys = TrainSpec.from_dict(meta_a["spec"]).run_keys()
         moments, statistics_seconds = None, 0.0
@@ -533,13 +558,15 @@ def permutations_of(table, seed_a: int, seed_b: int, method: str, names: list[st
     return {name: np.asarray(row["permutation"], np.int64) for name, row in zip(names, rows)}
 
 
-def align_to_file(checkpoints, methods, out, options: AlignOptions | None = None) -> None:
-    """Align every pair of the given checkpoints and write the alignment table to ``out``."""
+def align_to_file(
+    checkpoints, methods, out, options: AlignOptions | None = None, pairing: str = "all"
+) -> None:
+    """Align pairs of the given checkpoints and write the alignment table to ``out``."""
     from lmcpipe.io import table_metadata, write_table
 
     for method in methods:
         check_method(method)
     models, _ = load_models(checkpoints)
-    table = alignment_table(models, methods, options)
+    table = alignment_table(models, methods, options, pairing=pairing)
     hashes = sorted({meta["spec_hash"] for _, meta in models})
     write_table(table, out, table_metadata(",".join(hashes)))

@@ -55,13 +55,13 @@ def cmd_align(args) -> None:
         seed=args.seed, max_passes=args.max_passes, sinkhorn_reg=args.sinkhorn_reg,
         sinkhorn_max_iter=args.sinkhorn_max_iter,
     )
-    align_to_file(args.checkpoints, args.methods, args.out, options)
+    align_to_file(args.checkpoints, args.methods, args.out, options, args.pairs)
 
 
 def cmd_wasserstein(args) -> None:
     from lmcpipe.wasserstein import wasserstein_to_file
 
-    wasserstein_to_file(args.checkpoints, args.out)
+    wasserstein_to_file(args.checkpoints, args.out, args.pairs)
 
 
 def cmd_barrier(args) -> None:
@@ -111,6 +111,14 @@ def cmd_bounds(args) -> None:
         log.info("wrote %s", args.out)
 
 
+def cmd_data_fetch(args) -> None:
+    from lmcpipe.data import DEFAULT_DATA_ROOT
+    from lmcpipe.fetch import fetch_dataset
+
+    directory = args.to if args.to is not None else DEFAULT_DATA_ROOT / args.name
+    fetch_dataset(args.name, directory)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmcpipe import __version__
 
@@ -147,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                            choices=["participation_ratio", "twonn"])
     dimension.set_defaults(run=cmd_dimension)
 
-    align = commands.add_parser("align", help="align every pair of checkpoints of one setting")
+    align = commands.add_parser("align", help="align pairs of checkpoints of one setting")
     align.add_argument("checkpoints", type=Path, nargs="+")
     align.add_argument("--methods", nargs="+", default=["naive", "wm"],
                        help="alignment methods: naive, wm, wm_incoming, wm_cov, am, am_corr, sinkhorn")
@@ -160,12 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "largest squared distance between two neurons")
     align.add_argument("--sinkhorn-max-iter", type=int, default=100_000,
                        help="iteration limit of the sinkhorn method")
+    align.add_argument("--pairs", choices=["all", "disjoint"], default="all",
+                       help="align every unordered pair of seeds (all), or seeds 2k and "
+                       "2k+1 only (disjoint: each network in one pair)")
     align.set_defaults(run=cmd_align)
 
     wasserstein = commands.add_parser(
         "wasserstein", help="W2 distances between the neuron measures of every pair")
     wasserstein.add_argument("checkpoints", type=Path, nargs="+")
     wasserstein.add_argument("--out", required=True, type=Path, help="Wasserstein table (Parquet)")
+    wasserstein.add_argument("--pairs", choices=["all", "disjoint"], default="all",
+                             help="pairs of seeds to compare, as for align")
     wasserstein.set_defaults(run=cmd_wasserstein)
 
     barrier = commands.add_parser("barrier", help="interpolation curves and barriers of aligned pairs")
@@ -184,6 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("--allow-mixed-versions", action="store_true",
                            help="combine tables written by different lmcpipe versions")
     aggregate.set_defaults(run=cmd_aggregate)
+
+    data = commands.add_parser("data", help="manage dataset files")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    fetch = data_commands.add_parser(
+        "fetch", help="download a public dataset and verify its SHA-256 digests",
+        description="Download mnist, fashion_mnist or cifar10 from its public source "
+        "into a folder, check each file's size and SHA-256 digest, and write the files "
+        "only when all of them match.",
+    )
+    # The datasets of lmcpipe.fetch.SOURCES, listed here to keep startup fast.
+    fetch.add_argument("name", choices=["mnist", "fashion_mnist", "cifar10"])
+    fetch.add_argument("--to", type=Path, default=None,
+                       help="destination folder (default: data/NAME, the folder a study "
+                       "reads when data.directory is not set)")
+    fetch.set_defaults(run=cmd_data_fetch)
 
     plot = commands.add_parser("plot", help="draw the study's plots from its tables")
     plot.add_argument("--tables", required=True, type=Path, help="folder of the study tables")
@@ -229,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except (ValueError, OSError) as error:
-        print(f"lmcpipe {args.command}: error: {error}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
+        print(f"lmcpipe {command}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

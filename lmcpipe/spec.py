@@ -4,6 +4,10 @@ A :class:`TrainSpec` is everything a training run depends on except the seed
 index. It travels as JSON between the workflow and the ``lmcpipe train``
 command, is stored in every checkpoint, and its hash identifies the run in the
 metadata of every table derived from it.
+
+The loader options (``data_directory``, ``mnist1d_seed``, ``npz_path``) are
+left out of the JSON while they are ``None``, so a spec that needs none of
+them has the same JSON and hash as before they existed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import hashlib
 import json
 import math
 from typing import Any
+
+# Loader options omitted from the JSON while they are None.
+OPTIONAL_FIELDS = ("data_directory", "mnist1d_seed", "npz_path")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +41,11 @@ class TrainSpec:
         test_fraction: share of the dataset held out for testing, where the
             dataset has no fixed split.
         split_seed: seed of that train/test split.
+        data_directory: folder of the dataset files (``mnist``,
+            ``fashion_mnist``, ``cifar10``); ``None`` means ``data/<dataset>``.
+        mnist1d_seed: seed of the MNIST-1D generator; ``None`` means the
+            ``mnist1d`` package's default.
+        npz_path: archive of the ``npz`` dataset.
     """
 
     dataset: str
@@ -48,6 +60,9 @@ class TrainSpec:
     random_seed: int = 0
     test_fraction: float = 0.2
     split_seed: int = 0
+    data_directory: str | None = None
+    mnist1d_seed: int | None = None
+    npz_path: str | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -60,6 +75,8 @@ class TrainSpec:
             (self.warmup_steps >= 0, "warmup_steps", "an integer >= 0"),
             (self.warmup_init_lr >= 0, "warmup_init_lr", "a number >= 0"),
             (0 < self.test_fraction < 1, "test_fraction", "a number in (0, 1)"),
+            (self.mnist1d_seed is None or self.mnist1d_seed >= 0, "mnist1d_seed",
+             "an integer >= 0 or null"),
         ]
         for ok, name, allowed in checks:
             if not ok:
@@ -90,7 +107,11 @@ class TrainSpec:
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        for name in OPTIONAL_FIELDS:
+            if values[name] is None:
+                del values[name]
+        return values
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

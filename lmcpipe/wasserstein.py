@@ -114,10 +114,11 @@ def layer_distances(params_a, params_b, metric: str, input_moments=None) -> list
     return distances
 
 
-def wasserstein_table(models, dataset=None):
+def wasserstein_table(models, dataset=None, pairing: str = "all"):
     """Return W2 per pair, hidden layer and metric for the models of one setting.
 
-    Columns: run keys, ``seed_a, seed_b, layer, metric, w2``.
+    Pairs are chosen as for alignment (:func:`lmcpipe.alignment.seed_pairs`
+    with ``pairing``). Columns: run keys, ``seed_a, seed_b, layer, metric, w2``.
     """
     import pyarrow as pa
 
@@ -138,7 +139,7 @@ def wasserstein_table(models, dataset=None):
 
         dataset = load_for_spec(TrainSpec.from_dict(models[0][1]["spec"]))
     rows = []
-    for i, j in seed_pairs(models):
+    for i, j in seed_pairs(models, pairing):
         (params_a, meta_a), (params_b, meta_b) = models[i], models[j]
         keys = TrainSpec.from_dict(meta_a["spec"]).run_keys()
         moments = activation_moments(params_a, dataset.x_train)
@@ -152,11 +153,11 @@ def wasserstein_table(models, dataset=None):
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def wasserstein_to_file(checkpoints, out) -> None:
+def wasserstein_to_file(checkpoints, out, pairing: str = "all") -> None:
     """Compute W2 distances for every pair of the given checkpoints and write them to ``out``."""
     from lmcpipe.alignment import load_models
     from lmcpipe.io import table_metadata, write_table
 
     models, _ = load_models(checkpoints)
     hashes = ",".join(sorted({meta["spec_hash"] for _, meta in models}))
-    write_table(wasserstein_table(models), out, table_metadata(hashes))
+    write_table(wasserstein_table(models, pairing=pairing), out, table_metadata(hashes))

@@ -10,7 +10,9 @@ from lmcpipe.alignment import (
     AlignOptions,
     PassLimitWarning,
     align,
+    alignment_table,
     coordinate_descent,
+    seed_pairs,
     sinkhorn_plan,
 )
 from lmcpipe.barriers import barrier, interpolation_curve, t_grid
@@ -135,3 +137,36 @@ def test_sinkhorn_small_reg_fails_loudly_or_converges():
         assert "raise alignment.sinkhorn_reg" in str(error)
     else:
         assert sorted(result.perms["hidden_0"]) == list(range(32))
+
+
+def models_with_seeds(seeds):
+    return [({}, {"seed": seed}) for seed in seeds]
+
+
+def test_seed_pairs_all():
+    assert seed_pairs(models_with_seeds([0, 1, 2, 3])) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+
+
+def test_seed_pairs_disjoint():
+    models = models_with_seeds(range(8))
+    assert seed_pairs(models, "disjoint") == [(0, 1), (2, 3), (4, 5), (6, 7)]
+
+
+def test_seed_pairs_disjoint_skips_missing_partner():
+    # Seed 2 diverged: seed 3 has no partner, and seed 4 (odd count) neither.
+    models = models_with_seeds([0, 1, 3, 4])
+    assert seed_pairs(models, "disjoint") == [(0, 1)]
+
+
+def test_seed_pairs_unknown_pairing_rejected():
+    with pytest.raises(ValueError, match="unknown pairing 'some'"):
+        seed_pairs(models_with_seeds([0, 1]), "some")
+
+
+def test_alignment_table_disjoint_pairs(trained, small_spec):
+    models = [(result.params, {"seed": seed, "spec": small_spec.to_dict()})
+              for seed, result in zip([0, 1, 2], trained)]
+    table = alignment_table(models, ["naive"], pairing="disjoint").to_pandas()
+    assert set(zip(table.seed_a, table.seed_b)) == {(0, 1)}
+    table = alignment_table(models, ["naive"], pairing="all").to_pandas()
+    assert set(zip(table.seed_a, table.seed_b)) == {(0, 1), (0, 2), (1, 2)}

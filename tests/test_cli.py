@@ -63,6 +63,24 @@ def test_steps_chain_through_cli(run_dir, capsys):
     assert "mean test loss barrier" in capsys.readouterr().out
 
 
+def test_align_disjoint_pairs(run_dir):
+    checkpoints = [str(run_dir / f"seed{seed}" / "params.npz") for seed in range(3)]
+    out = run_dir / "disjoint.parquet"
+    assert main(["align", *checkpoints, "--methods", "naive", "--pairs", "disjoint",
+                 "--out", str(out)]) == 0
+    alignment = pq.read_table(out).to_pandas()
+    assert list(zip(alignment.seed_a, alignment.seed_b)) == [(0, 1)]
+
+
+def test_train_missing_dataset_is_one_line_error(tmp_path, capsys):
+    spec = dict(SPEC, dataset="mnist", data_directory=str(tmp_path / "none"))
+    assert main(["train", "--spec", json.dumps(spec), "--seeds", "0", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "dataset mnist not found" in err
+    assert f"lmcpipe data fetch mnist --to {tmp_path / 'none'}" in err
+    assert "Traceback" not in err
+
+
 def test_bad_spec_is_one_line_error(tmp_path, capsys):
     bad = dict(SPEC, width=-1)
     assert main(["train", "--spec", json.dumps(bad), "--seeds", "0", "--out-dir", str(tmp_path)]) == 2

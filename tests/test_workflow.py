@@ -1,6 +1,7 @@
 """Run the Snakemake workflow end to end on the tiny study in ``.test/``."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -158,3 +159,49 @@ def test_lint_is_clean():
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse the job table that Snakemake prints for a dry run."""
+    counts = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_missing_dataset_stops_before_any_job(tmp_path):
+    (tmp_path / "config").mkdir()
+    config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    config["dataset"] = "mnist"
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--dry-run")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "dataset mnist not found: data/mnist lacks train-images-idx3-ubyte[.gz]" in output
+    assert "lmcpipe data fetch mnist --to data/mnist" in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_paper_study_plans_48_networks_and_24_pairs(tmp_path):
+    # Empty files suffice: the workflow only checks that the dataset exists.
+    data = tmp_path / "data" / "mnist"
+    data.mkdir(parents=True)
+    for name in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]:
+        (data / f"{name}.gz").touch()
+    result = snakemake(tmp_path, "--dry-run", "--configfile", str(ROOT / "config" / "paper.yaml"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = result.stdout + result.stderr
+    counts = job_counts(output)
+    assert counts["train"] == 6
+    assert counts["extract"] == 48
+    assert counts["align"] == 6
+    checkpoints = set(re.findall(r"results/runs/mnist/depth3/width512/lr[0-9.e-]+/seed\d+/params\.npz", output))
+    assert len(checkpoints) == 48
+    align_commands = [line for line in output.splitlines() if "lmcpipe align " in line]
+    assert len(align_commands) == 6
+    for command in align_commands:
+        assert "--pairs disjoint" in command
+        assert command.count("params.npz") == 8

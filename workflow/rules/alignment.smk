@@ -5,6 +5,7 @@ rule align:
         "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/alignment.parquet",
     params:
         methods=config["alignment"]["methods"],
+        pairs=config["alignment"]["pairs"],
         seed=config["alignment"]["seed"],
         max_passes=config["alignment"]["max_passes"],
         sinkhorn_reg=config["alignment"]["sinkhorn_reg"],
@@ -16,7 +17,7 @@ rule align:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
-        "lmcpipe align {input:q} --methods {params.methods:q} --seed {params.seed} "
+        "lmcpipe align {input:q} --methods {params.methods:q} --pairs {params.pairs} --seed {params.seed} "
         "--max-passes {params.max_passes} --sinkhorn-reg {params.sinkhorn_reg} "
         "--sinkhorn-max-iter {params.sinkhorn_max_iter} --out {output:q} > {log:q} 2>&1"
 
@@ -47,6 +48,8 @@ rule wasserstein:
         checkpoints_of,
     output:
         "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/wasserstein.parquet",
+    params:
+        pairs=config["alignment"]["pairs"],
     log:
         "results/logs/wasserstein/{dataset}/depth{depth}/width{width}/lr{lr}.log",
     benchmark:
@@ -54,4 +57,4 @@ rule wasserstein:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
-        "lmcpipe wasserstein {input:q} --out {output:q} > {log:q} 2>&1"
+        "lmcpipe wasserstein {input:q} --pairs {params.pairs} --out {output:q} > {log:q} 2>&1"

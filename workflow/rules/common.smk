@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lmcpipe.config import ConfigError, check_config, check_config_files
+from lmcpipe.data import data_spec_fields, require_dataset
 
 
 # Report every invalid value at once, and repeated YAML keys, before any job
@@ -15,6 +16,25 @@ try:
 except ConfigError as error:
     sys.exit(f"lmcpipe: {error}")
 validate(config, "../schemas/config.schema.yaml")
+
+
+# Stop before any job when the dataset's files are missing; the error names
+# the folders searched and the command that downloads them.
+try:
+    require_dataset(
+        config["dataset"],
+        directory=config["data"]["directory"],
+        npz_path=config["data"]["npz_path"],
+    )
+except ValueError as error:
+    sys.exit(f"lmcpipe: {error}")
+# Loader options of the training spec: only those the dataset uses.
+DATA_SPEC_FIELDS = data_spec_fields(
+    config["dataset"],
+    directory=config["data"]["directory"],
+    mnist1d_seed=config["data"]["mnist1d_seed"],
+    npz_path=config["data"]["npz_path"],
+)
 
 
 # One folder per setting: every seed of a setting shares dataset, depth,
@@ -71,6 +91,7 @@ def train_spec(wildcards):
         "random_seed": config["random_seed"],
         "test_fraction": config["data"]["test_fraction"],
         "split_seed": config["data"]["split_seed"],
+        **DATA_SPEC_FIELDS,
     }
     return json.dumps(spec, sort_keys=True)
 
