@@ -122,7 +122,22 @@ def table_schemas():
     return curves, barriers
 
 
-def barrier_tables(models, alignment, points: int = 25, n_diverged: int = 0):
+def evaluation_splits(dataset, train_examples: int | None = None, seed: int = 0) -> dict:
+    """Return ``{"train": (x, y), "test": (x, y)}`` for the curves.
+
+    With ``train_examples``, the train curve uses that many training examples
+    drawn without replacement by ``seed``, the same for every pair and
+    method; the test set is always used whole.
+    """
+    x_train, y_train = dataset.split("train")
+    if train_examples is not None and train_examples < len(y_train):
+        chosen = np.sort(np.random.default_rng(seed).choice(len(y_train), train_examples, replace=False))
+        x_train, y_train = x_train[chosen], y_train[chosen]
+    return {"train": (x_train, y_train), "test": dataset.split("test")}
+
+
+def barrier_tables(models, alignment, points: int = 25, n_diverged: int = 0,
+                   train_examples: int | None = None):
     """Evaluate every pair and method of an alignment table along the line.
 
     Args:
@@ -132,6 +147,8 @@ def barrier_tables(models, alignment, points: int = 25, n_diverged: int = 0):
         points: odd number of t values.
         n_diverged: runs of the setting left out because they diverged,
             recorded in every barrier row.
+        train_examples: evaluate the train split on this many training
+            examples (see :func:`evaluation_splits`); all when ``None``.
 
     Returns:
         ``(curves, barriers)`` tables. ``curves`` has the run keys, ``seed_a,
@@ -154,6 +171,7 @@ def barrier_tables(models, alignment, points: int = 25, n_diverged: int = 0):
     spec = TrainSpec.from_dict(models[0][1]["spec"])
     dataset = load_for_spec(spec)
     keys = spec.run_keys()
+    splits = evaluation_splits(dataset, train_examples)
     permutation_structure = permutation_spec(models[0][0])
     names = list(permutation_structure.sizes)
     pairs = sorted({(row["seed_a"], row["seed_b"], row["method"]) for row in
@@ -167,7 +185,7 @@ def barrier_tables(models, alignment, points: int = 25, n_diverged: int = 0):
         perms = permutations_of(alignment, seed_a, seed_b, method, names)
         params_b = apply_permutations(permutation_structure, perms, by_seed[seed_b])
         for split in SPLITS:
-            x, y = dataset.split(split)
+            x, y = splits[split]
             curve = interpolation_curve(by_seed[seed_a], params_b, x, y, ts)
             for metric in METRICS:
                 values = curve[metric]
@@ -192,13 +210,19 @@ def barrier_tables(models, alignment, points: int = 25, n_diverged: int = 0):
     return curves, pa.Table.from_pylist(barrier_rows, schema=barriers_schema)
 
 
-def barriers_to_files(checkpoints, alignment_path, curves_out, barriers_out, points: int = 25) -> None:
+def barriers_to_files(
+    checkpoints, alignment_path, curves_out, barriers_out, points: int = 25,
+    train_examples: int | None = None,
+) -> None:
     """Compute curves and barriers for the pairs of an alignment table on disk."""
     from lmcpipe.alignment import load_models
     from lmcpipe.io import read_table, table_metadata, write_table
 
     models, n_diverged = load_models(checkpoints)
-    curves, barriers = barrier_tables(models, read_table(alignment_path), points, n_diverged)
+    curves, barriers = barrier_tables(
+        models, read_table(alignment_path), points, n_diverged, train_examples
+    )
     hashes = ",".join(sorted({meta["spec_hash"] for _, meta in models}))
-    write_table(curves, curves_out, table_metadata(hashes))
-    write_table(barriers, barriers_out, table_metadata(hashes))
+    subset = "all" if train_examples is None else str(train_examples)
+    write_table(curves, curves_out, table_metadata(hashes, train_examples=subset))
+    write_table(barriers, barriers_out, table_metadata(hashes, train_examples=subset))

@@ -67,7 +67,8 @@ def cmd_wasserstein(args) -> None:
 def cmd_barrier(args) -> None:
     from lmcpipe.barriers import barriers_to_files
 
-    barriers_to_files(args.checkpoints, args.alignment, args.curves_out, args.barriers_out, args.points)
+    barriers_to_files(args.checkpoints, args.alignment, args.curves_out, args.barriers_out,
+                      args.points, args.train_examples)
 
 
 def cmd_aggregate(args) -> None:
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     barrier.add_argument("--curves-out", required=True, type=Path)
     barrier.add_argument("--barriers-out", required=True, type=Path)
     barrier.add_argument("--points", type=int, default=25, help="odd number of values of t")
+    barrier.add_argument("--train-examples", type=int, default=None,
+                         help="evaluate the train curve on this many training examples, "
+                         "drawn once with seed 0 (default: all)")
     barrier.set_defaults(run=cmd_barrier)
 
     aggregate = commands.add_parser("aggregate", help="study-wide tables and correlations")

@@ -31,6 +31,11 @@ rule barrier:
         barriers="results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/barriers.parquet",
     params:
         points=config["barriers"]["points"],
+        train_examples=(
+            f"--train-examples {config['barriers']['train_examples']}"
+            if config["barriers"]["train_examples"]
+            else ""
+        ),
     log:
         "results/logs/barrier/{dataset}/depth{depth}/width{width}/lr{lr}.log",
     benchmark:
@@ -39,7 +44,7 @@ rule barrier:
         "../envs/lmcpipe.yaml"
     shell:
         "lmcpipe barrier {input.checkpoints:q} --alignment {input.alignment:q} "
-        "--points {params.points} --curves-out {output.curves:q} "
+        "--points {params.points} {params.train_examples} --curves-out {output.curves:q} "
         "--barriers-out {output.barriers:q} > {log:q} 2>&1"
 
 
