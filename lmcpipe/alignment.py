@@ -161,8 +161,8 @@ def coordinate_descent(
     """Maximise the summed inner product of the arrays ``keys`` over permutations.
 
     The score matrix of a layer is built in float32, which halves the time
-    of its matrix products; the candidate assignment is then scored
-    exactly in float64 against the current one, and kept only if it is
+    of its matrix products. The candidate assignment is then scored
+    exactly in float64 against the current one and kept only if it is
     better by more than a relative 1e-12. The float64 objective therefore
     never decreases from one pass to the next.
 
@@ -246,8 +246,8 @@ def layerwise(spec: PermutationSpec, score_of: Callable) -> tuple[dict[str, np.n
     """Solve one assignment per hidden layer, from the input to the output.
 
     ``score_of(index, name, perms)`` returns the score matrix of layer
-    ``index`` given the permutations already chosen for earlier layers; each
-    layer's score depends on earlier layers only, so one sweep is exact.
+    ``index`` given the permutations already chosen for earlier layers.
+    Each layer's score depends on earlier layers only, so one sweep is exact.
     """
     perms = identity_permutations(spec)
     total = 0.0
@@ -299,7 +299,7 @@ def sinkhorn_plan(cost: np.ndarray, reg: float, max_iter: int, tol: float) -> np
 
     Raises:
         AlignmentError: the plan is not finite, carries no mass, or misses
-            the uniform marginals by more than ``tol`` of a neuron's mass;
+            the uniform marginals by more than ``tol`` of a neuron's mass.
             POT returns such plans with only a warning when the regulariser
             is too small or the iteration limit is hit.
     """

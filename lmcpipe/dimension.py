@@ -12,9 +12,9 @@ Estimators, by their name in the ``estimator`` column:
     The TwoNN intrinsic dimension of Facco et al. (2017), from
     scikit-dimension, fitted on the distinct, non-zero weight vectors.
     TwoNN divides by the distance to the nearest neighbour, so duplicated
-    points (for example dead ReLU units, whose incoming weights are often
-    all zero) make it infinite; they are removed first and counted in
-    ``n_removed``.
+    points make it infinite. Dead ReLU units, whose incoming weights are
+    often all zero, are such points. Duplicates and all-zero vectors are
+    therefore removed first and counted in ``n_removed``.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def interpolation_curves(curves: pd.DataFrame, path: Path, split="test", metric=
 
 
 def empty_plot(path: Path, reason: str) -> None:
-    """Write a figure that says why there is nothing to plot."""
+    """Write a figure that states why there is nothing to plot."""
     figure, axis = plt.subplots(figsize=(5, 2))
     axis.axis("off")
     axis.text(0.5, 0.5, reason, ha="center", va="center", wrap=True)

@@ -14,7 +14,7 @@ of model A's input to the layer over the training set: the expected squared
 gap between the two units' pre-activations (biases aside).
 
 For equal sizes the optimal plan is a permutation, found exactly by linear
-assignment; otherwise POT's exact network-simplex solver is used with its
+assignment. Otherwise POT's exact network-simplex solver runs with its
 iteration cap raised, and its result code is checked, because it returns a
 non-optimal plan with only a warning when the cap is hit. Beyond the first
 layer, B's input axis is permuted by the optimal assignment of the previous

@@ -121,9 +121,9 @@ def test_killed_workflow_finishes_without_redoing_jobs(study, tmp_path_factory):
     deadline = time.monotonic() + 600
     while not first_done.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    # An output on disk may belong to a job Snakemake has not yet recorded as
-    # complete; once a later job's output appears, with one core, every
-    # earlier output is final.
+    # An output on disk may belong to a job that Snakemake has not yet
+    # recorded as complete. With one core, once a later job's output
+    # appears, every earlier output is final.
     seen = outputs()
     while outputs() == seen and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
