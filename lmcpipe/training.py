@@ -273,8 +273,9 @@ def train_seeds(
             if position in state.diverged:
                 continue
             _history_row(state.histories[position], index, metrics[position])
-            log.info("seed %d epoch %d: %s", seed, index,
-                     dict(zip(HISTORY_COLUMNS[1:], np.round(metrics[position], 4))))
+            log.info("seed %d epoch %d: %s", seed, index, ", ".join(
+                f"{name} {value:.4f}" for name, value in zip(HISTORY_COLUMNS[1:], metrics[position])
+            ))
             if not math.isfinite(metrics[position][0]):
                 message = f"seed {seed} diverged at epoch {index} (train loss {metrics[position][0]})"
                 if on_divergence == "error":
