@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lmcpipe.aggregate import pair_dimensions  # noqa: E402
@@ -37,6 +38,13 @@ def _select(frame: pd.DataFrame, **values) -> pd.DataFrame:
     for column, value in values.items():
         mask &= (frame[column] == value).to_numpy()
     return frame[mask]
+
+
+def _plain_log_labels(axis) -> None:
+    """Label the ticks of a logarithmic y axis as plain numbers (2.5, not 2.5 × 10^0)."""
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.yaxis.set_major_formatter(plain)
+    axis.yaxis.set_minor_formatter(plain)
 
 
 def _method_colors(methods) -> dict:
@@ -101,7 +109,7 @@ def dimension_vs_lr(dimensions: pd.DataFrame, path: Path, estimator="participati
     widths = sorted(rows["width"].unique())
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(widths), 1)))
     figure, axes = plt.subplots(len(layers), len(geometries), figsize=(4.2 * len(geometries), 3.4 * len(layers)),
-                                squeeze=False, sharex=True)
+                                squeeze=False, sharex=True, layout="constrained")
     for i, layer in enumerate(layers):
         for j, geometry in enumerate(geometries):
             axis = axes[i][j]
@@ -112,6 +120,7 @@ def dimension_vs_lr(dimensions: pd.DataFrame, path: Path, estimator="participati
                               color=color, label=f"{width}")
             axis.set_xscale("log")
             axis.set_yscale("log")
+            _plain_log_labels(axis)
             axis.set_title(f"{geometry}, layer {layer}")
             if i == len(layers) - 1:
                 axis.set_xlabel("peak learning rate")
@@ -141,7 +150,7 @@ def barrier_vs_dimension(
 ) -> None:
     """Scatter the barrier of each pair against its mean dimension.
 
-    One row per geometry and hidden layer, one column per method; points are
+    One row per geometry and hidden layer, one column per method. Points are
     coloured by learning rate. The legend title gives Spearman's ρ from
     ``correlations`` with its bootstrap interval.
     """
@@ -152,14 +161,13 @@ def barrier_vs_dimension(
               for geometry in ("incoming", "covariance", "activations") if geometry in set(rows["geometry"])
               for layer in sorted(rows["layer"].unique())]
     figure, axes = plt.subplots(len(panels), len(methods), figsize=(4.2 * len(methods), 3.6 * len(panels)),
-                                squeeze=False, sharey=True)
+                                squeeze=False, sharey=True, layout="constrained")
     for i, (geometry, layer) in enumerate(panels):
         for j, method in enumerate(methods):
             axis = axes[i][j]
             frame = _select(rows, method=method, geometry=geometry, layer=layer)
             for lr, group in frame.groupby("lr"):
                 axis.scatter(group["dimension"], group["barrier"], s=14, label=f"lr = {lr:g}")
-            axis.set_xscale("log")
             axis.set_title(f"{method}: {geometry}, layer {layer}", fontsize=10)
             axis.set_xlabel(f"{estimator.replace('_', ' ')} (mean of the pair)")
             title = _rho_label(correlations, geometry=geometry, estimator=estimator, method=method,
@@ -203,7 +211,8 @@ def convergence(samples: pd.DataFrame, fits: pd.DataFrame, path: Path) -> None:
     value at the geometric mean width.
     """
     has_trained = (samples["source"] == "trained").any()
-    figure, axes = plt.subplots(1, 2 if has_trained else 1, figsize=(13 if has_trained else 7, 5), squeeze=False)
+    figure, axes = plt.subplots(1, 2 if has_trained else 1, figsize=(13 if has_trained else 7, 5), squeeze=False,
+                                layout="constrained")
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     groups = list(fits.itertuples())
     for index, fit in enumerate(groups):
@@ -232,6 +241,7 @@ def convergence(samples: pd.DataFrame, fits: pd.DataFrame, path: Path) -> None:
     for axis, title in zip(axes[0], titles):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
+        _plain_log_labels(axis)
         axis.set_xlabel("width (neurons per network)")
         axis.set_ylabel("W2 between the two networks' neuron measures")
         axis.set_title(title + " (solid: fit, dashed: predicted slope)", fontsize=10)

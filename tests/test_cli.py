@@ -35,9 +35,11 @@ def test_steps_chain_through_cli(run_dir, capsys):
     neurons = [str(run_dir / f"seed{seed}" / "neurons.parquet") for seed in range(3)]
     for checkpoint, out in zip(checkpoints, neurons):
         assert main(["extract", checkpoint, "--out", out]) == 0
+
     assert main(["dimension", *checkpoints, "--subsamples", "2", "--out", str(run_dir / "dims.parquet")]) == 0
     dims = pq.read_table(run_dir / "dims.parquet").to_pandas()
     assert len(dims) == 3 * (6 + 6 + 4)
+
     assert main(["wasserstein", *checkpoints, "--out", str(run_dir / "wasserstein.parquet")]) == 0
     assert main(["align", *checkpoints, "--methods", "naive", "wm",
                  "--out", str(run_dir / "alignment.parquet")]) == 0
@@ -48,6 +50,7 @@ def test_steps_chain_through_cli(run_dir, capsys):
     assert len(alignment) == 3 * 2
     barriers = pq.read_table(run_dir / "barriers.parquet").to_pandas()
     assert len(barriers) == 3 * 2 * 2 * 2
+
     histories = [str(run_dir / f"seed{seed}" / "history.parquet") for seed in range(3)]
     tables = run_dir / "tables"
     assert main(["aggregate", "--barriers", str(run_dir / "barriers.parquet"),
@@ -60,19 +63,23 @@ def test_steps_chain_through_cli(run_dir, capsys):
     assert set(correlations.method) == {"naive", "wm"}
     assert (correlations.n == 3).all()
     assert (correlations.bootstrap_seed == 5).all()
+
     assert main(["bounds", "--dataset", "digits", "--epsilon", "0.1", "--dimensions-table",
                  str(tables / "dimensions.parquet"), "--out", str(tables / "bounds.parquet")]) == 0
     bounds = pq.read_table(tables / "bounds.parquet").to_pandas()
     assert set(bounds.bound) == {"two_layer", "entezari", "deep", "low_dim"}
+
     assert main(["convergence", *checkpoints, "--widths", "8", "16", "--repeats", "2",
                  "--subspace-dimensions", "2", "--out", str(tables / "convergence.parquet"),
                  "--fit-out", str(tables / "convergence_fit.parquet")]) == 0
+
     assert main(["plot", "--tables", str(tables), "--out-dir", str(run_dir / "plots")]) == 0
     assert main(["plot", "--tables", str(tables), "--out-dir", str(run_dir / "plots"),
                  "bounds", "convergence"]) == 0
     for name in ("barrier_vs_width", "barrier_vs_lr", "dimension_vs_lr", "barrier_vs_dimension",
                  "interpolation_curves", "bounds", "convergence"):
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 1000
+
     assert main(["summary", "--tables", str(tables)]) == 0
     assert "mean test loss barrier" in capsys.readouterr().out
 
