@@ -34,9 +34,11 @@ The fit is compared with ``predicted_slope`` = −1 / max(D, 2), D =
 ``dimension``. D is the known d or k for the synthetic sources. For
 ``trained`` it is the mean estimate of ``estimator`` (TwoNN by default) on
 the incoming weights of the source's models at its largest width. The rate
-m^(−1/D) is asymptotic. It holds for D ≥ 3 for a measure with a bounded
-density on a compact set, and in general only above D = 4; in dimensions 1
-and 2 the rate is about m^(−1/2), with a factor √(log m) in dimension 2.
+m^(−1/D) is asymptotic. For a density bounded above and below on a cube,
+as for the uniform sources, it holds from D = 3. For any compactly
+supported measure it is an upper bound only above D = 4. In dimensions 1
+and 2 the rate is about m^(−1/2), with a factor √(log m) in dimension 2,
+hence the max(D, 2).
 Between the widths of a study (tens to thousands) the measured slope can
 differ from the asymptotic one: for d = 64 and widths up to 1024 it is
 steeper than −1/64, because the distances have not reached their

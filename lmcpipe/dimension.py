@@ -35,12 +35,13 @@ Estimators, by their name in the ``estimator`` column, with
     that carry a share q of the second moment, not of the variance about
     the mean.
 ``twonn``
-    The TwoNN intrinsic dimension of Facco, d'Errico, Rodriguez and Laio
-    (Scientific Reports, 2017) from scikit-dimension, discarding the 10 %
-    largest ratios of second- to first-neighbour distance.
+    The TwoNN intrinsic dimension of Facco et al. (2017) from
+    scikit-dimension (``skdim.id.TwoNN``), discarding the 10 % largest
+    ratios of second- to first-neighbour distance.
 ``mle``
-    The Levina–Bickel maximum-likelihood estimate (NIPS 2004) from
-    scikit-dimension: at each point x with neighbour distances
+    The Levina–Bickel maximum-likelihood estimate from scikit-dimension
+    (``skdim.id.MLE`` with ``unbiased=True``): at each point x with
+    neighbour distances
     :math:`T_1(x) \\le \\dots \\le T_k(x)`,
     :math:`\\hat m(x) = (k - 2) / \\sum_{j < k} \\log(T_k(x) / T_j(x))`,
     averaged over the points, with k = :data:`MLE_NEIGHBOURS` (at most the
