@@ -241,7 +241,7 @@ def fit_slope(widths: np.ndarray, distances: np.ndarray, confidence: float = CON
 
     Returns a dict with ``n, n_widths, slope, intercept, stderr, slope_low,
     slope_high, reason``. When fewer than 3 positive values or fewer than 2
-    distinct widths remain, the numbers are ``nan`` and ``reason`` says why.
+    distinct widths remain, the numbers are ``nan`` and ``reason`` explains why.
     """
     from scipy import stats
 
