@@ -1,8 +1,8 @@
 """lmcpipe: linear mode connectivity studies of neural networks.
 
 Each step of a study is one module: ``data``, ``models``, ``training``,
-``neurons``, ``dimension``, ``permutation``, ``alignment``, ``barriers`` and
-``aggregate``. The ``lmcpipe`` command runs each step from the shell, and the
+``neurons``, ``dimension``, ``permutation``, ``alignment``, ``barriers``,
+``aggregate``, ``theory`` (width bounds) and ``convergence``. The ``lmcpipe`` command runs each step from the shell, and the
 Snakemake workflow in ``workflow/`` chains them.
 """
 

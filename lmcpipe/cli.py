@@ -43,9 +43,13 @@ def cmd_extract(args) -> None:
 
 
 def cmd_dimension(args) -> None:
-    from lmcpipe.dimension import dimensions_to_file
+    from lmcpipe.dimension import DimensionOptions, dimensions_to_file
 
-    dimensions_to_file(args.neurons, args.out, tuple(args.estimators))
+    options = DimensionOptions(
+        estimators=tuple(args.estimators), geometries=tuple(args.geometries),
+        subsamples=args.subsamples, subsample_fraction=args.subsample_fraction, seed=args.seed,
+    )
+    dimensions_to_file(args.checkpoints, args.out, options)
 
 
 def cmd_align(args) -> None:
@@ -64,6 +68,17 @@ def cmd_wasserstein(args) -> None:
     wasserstein_to_file(args.checkpoints, args.out, args.pairs)
 
 
+def cmd_convergence(args) -> None:
+    from lmcpipe.convergence import ConvergenceOptions, convergence_to_files
+
+    options = ConvergenceOptions(
+        widths=tuple(args.widths), repeats=args.repeats, seed=args.seed, sources=tuple(args.sources),
+        subspace_dimensions=tuple(args.subspace_dimensions), estimator=args.estimator,
+        confidence=args.confidence,
+    )
+    convergence_to_files(args.out, args.fit_out, options, args.input_dim, args.dataset, args.checkpoints)
+
+
 def cmd_barrier(args) -> None:
     from lmcpipe.barriers import barriers_to_files
 
@@ -75,15 +90,16 @@ def cmd_aggregate(args) -> None:
     from lmcpipe.aggregate import TABLES, aggregate
 
     written = aggregate({kind: getattr(args, kind) for kind in TABLES}, args.out_dir,
+                        args.bootstrap_resamples, args.bootstrap_seed, args.confidence,
                         args.allow_mixed_versions)
     for name, path in written.items():
         log.info("wrote %s table %s", name, path)
 
 
 def cmd_plot(args) -> None:
-    from lmcpipe.plots import plot_all
+    from lmcpipe.plots import STUDY_PLOTS, plot_all
 
-    for path in plot_all(args.tables, args.out_dir):
+    for path in plot_all(args.tables, args.out_dir, args.names or STUDY_PLOTS):
         log.info("wrote %s", path)
 
 
@@ -99,13 +115,23 @@ def cmd_summary(args) -> None:
 
 
 def cmd_bounds(args) -> None:
-    from lmcpipe.theory import bounds_to_file
+    from lmcpipe.theory import bounds_to_file, study_bounds_to_file
 
-    table = bounds_to_file(
-        args.out, epsilons=args.epsilon, input_dim=args.input_dim, depth=args.depth,
-        T=args.T, dimensions=args.dimensions, constant=args.constant,
-        log_power=args.log_power, delta=args.delta,
-    )
+    input_dim = args.input_dim
+    if input_dim is None and args.dataset is not None:
+        from lmcpipe.data import load_dataset
+
+        input_dim = load_dataset(args.dataset).input_dim
+    if input_dim is None:
+        raise ValueError("no input dimension: give --input-dim or --dataset")
+    shared = {"epsilons": args.epsilon, "input_dim": input_dim, "T": args.T,
+              "constant": args.constant, "log_power": args.log_power, "delta": args.delta}
+    if args.dimensions_table is not None:
+        if args.dimensions is not None:
+            raise ValueError("give either --dimensions or --dimensions-table, not both")
+        table = study_bounds_to_file(args.dimensions_table, args.out, estimators=args.estimators, **shared)
+    else:
+        table = bounds_to_file(args.out, depth=args.depth, dimensions=args.dimensions, **shared)
     print("log10 of the width each bound requires ('-': not applicable; inf: beyond the float range)")
     print(table.to_pandas().to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.6g}"))
     if args.out is not None:
@@ -149,11 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--out", required=True, type=Path, help="neuron table (Parquet)")
     extract.set_defaults(run=cmd_extract)
 
-    dimension = commands.add_parser("dimension", help="estimate neuron dimensions from neuron tables")
-    dimension.add_argument("neurons", type=Path, nargs="+")
+    from lmcpipe.dimension import ESTIMATORS, GEOMETRIES
+
+    dimension = commands.add_parser(
+        "dimension", help="estimate the dimension of each hidden layer of the given checkpoints")
+    dimension.add_argument("checkpoints", type=Path, nargs="+")
     dimension.add_argument("--out", required=True, type=Path, help="dimension table (Parquet)")
-    dimension.add_argument("--estimators", nargs="+", default=["participation_ratio", "twonn"],
-                           choices=["participation_ratio", "twonn"])
+    dimension.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=ESTIMATORS,
+                           help="dimension estimators (default: all)")
+    dimension.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=GEOMETRIES,
+                           help="geometries to estimate in (default: all)")
+    dimension.add_argument("--subsamples", type=int, default=10,
+                           help="random subsets behind each estimate's spread; 0 skips the spread "
+                           "(default: 10)")
+    dimension.add_argument("--subsample-fraction", type=float, default=0.8,
+                           help="share of the points in each subset, in (0, 1) (default: 0.8)")
+    dimension.add_argument("--seed", type=int, default=0, help="seed of the subsets (default: 0)")
     dimension.set_defaults(run=cmd_dimension)
 
     align = commands.add_parser("align", help="align pairs of checkpoints of one setting")
@@ -193,6 +230,32 @@ def build_parser() -> argparse.ArgumentParser:
                          "drawn once with seed 0 (default: all)")
     barrier.set_defaults(run=cmd_barrier)
 
+    from lmcpipe.convergence import DIMENSION_ESTIMATORS, SYNTHETIC_SOURCES
+
+    convergence = commands.add_parser(
+        "convergence", help="W2 between two networks' first-layer neuron measures against width")
+    convergence.add_argument("checkpoints", type=Path, nargs="*",
+                             help="trained checkpoints for the 'trained' source (optional)")
+    convergence.add_argument("--widths", type=int, nargs="+",
+                             default=[8, 16, 32, 64, 128, 256, 512, 1024], help="numbers of neurons")
+    convergence.add_argument("--repeats", type=int, default=5,
+                             help="pairs of networks per synthetic source and width (default: 5)")
+    convergence.add_argument("--seed", type=int, default=0, help="seed of the synthetic draws (default: 0)")
+    convergence.add_argument("--sources", nargs="*", default=list(SYNTHETIC_SOURCES),
+                             choices=SYNTHETIC_SOURCES, help="synthetic sources (default: all)")
+    convergence.add_argument("--subspace-dimensions", type=int, nargs="*", default=[2, 4, 8],
+                             help="support dimensions k of the subspace source (default: 2 4 8)")
+    convergence.add_argument("--estimator", choices=DIMENSION_ESTIMATORS, default="twonn",
+                             help="estimator of the trained weights' dimension (default: twonn)")
+    convergence.add_argument("--confidence", type=float, default=0.95,
+                             help="coverage of the slope interval, in (0, 1) (default: 0.95)")
+    convergence.add_argument("--input-dim", type=int,
+                             help="input dimension d (default: that of --dataset or of the checkpoints)")
+    convergence.add_argument("--dataset", help="dataset whose input dimension is d")
+    convergence.add_argument("--out", required=True, type=Path, help="W2 per source, width and repeat (Parquet)")
+    convergence.add_argument("--fit-out", required=True, type=Path, help="slope fits (Parquet)")
+    convergence.set_defaults(run=cmd_convergence)
+
     aggregate = commands.add_parser("aggregate", help="study-wide tables and correlations")
     for kind in ("barriers", "curves", "dimensions", "histories", "alignments", "wasserstein"):
         aggregate.add_argument(f"--{kind}", type=Path, nargs="+", required=True,
@@ -200,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("--out-dir", required=True, type=Path)
     aggregate.add_argument("--allow-mixed-versions", action="store_true",
                            help="combine tables written by different lmcpipe versions")
+    aggregate.add_argument("--bootstrap-resamples", type=int, default=1000,
+                           help="bootstrap samples behind the interval for Spearman's rho; "
+                           "0 skips it (default: 1000)")
+    aggregate.add_argument("--bootstrap-seed", type=int, default=0,
+                           help="seed of the bootstrap samples (default: 0)")
+    aggregate.add_argument("--confidence", type=float, default=0.95,
+                           help="coverage of the bootstrap interval, in (0, 1) (default: 0.95)")
     aggregate.set_defaults(run=cmd_aggregate)
 
     data = commands.add_parser("data", help="manage dataset files")
@@ -220,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="draw the study's plots from its tables")
     plot.add_argument("--tables", required=True, type=Path, help="folder of the study tables")
     plot.add_argument("--out-dir", required=True, type=Path)
+    plot.add_argument("names", nargs="*", metavar="NAME",
+                      help="plots to draw, each into NAME.png: barrier_vs_width, barrier_vs_lr, "
+                      "dimension_vs_lr, barrier_vs_dimension, interpolation_curves, bounds, "
+                      "convergence (default: all but the last two)")
     plot.set_defaults(run=cmd_plot)
 
     summary = commands.add_parser("summary", help="print mean barriers by width and method")
@@ -231,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     bounds = commands.add_parser("bounds", help="print the theoretical width bounds for LMC error epsilon")
     bounds.add_argument("--epsilon", type=float, nargs="+", required=True,
                         help="LMC errors, each in (0, 1)")
-    bounds.add_argument("--input-dim", type=float, required=True,
-                        help="input dimension m0 = d of the network")
+    bounds.add_argument("--input-dim", type=float,
+                        help="input dimension m0 = d of the network (or give --dataset)")
+    bounds.add_argument("--dataset", help="dataset whose input dimension is m0 = d")
     bounds.add_argument("--depth", type=int, default=1,
                         help="hidden layers of the deep bound (default: 1)")
     bounds.add_argument("--T", type=float, nargs="+", default=[1.0],
@@ -247,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="power p of the hidden factor (default: 0, no logarithmic factor)")
     bounds.add_argument("--delta", type=float, default=0.05,
                         help="failure probability delta in the hidden factor (default: 0.05)")
+    bounds.add_argument("--dimensions-table", type=Path,
+                        help="a study's dimensions.parquet: adds low-dimensional bounds with k_l the "
+                        "median estimate at the largest width, per geometry and estimator; the depth "
+                        "is the table's number of hidden layers")
+    bounds.add_argument("--estimators", nargs="+", default=["participation_ratio", "twonn"],
+                        help="estimators of --dimensions-table to use (default: participation_ratio twonn)")
     bounds.add_argument("--out", type=Path, help="also write the table to this Parquet file")
     bounds.set_defaults(run=cmd_bounds)
     return parser

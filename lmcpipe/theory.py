@@ -427,3 +427,83 @@ def bounds_to_file(out, **parameters) -> pa.Table:
         metadata = table_metadata(bounds_parameters=json.dumps(parameters, sort_keys=True))
         write_table(table, out, metadata)
     return table
+
+
+STUDY_SCHEMA = (
+    SCHEMA.append(pa.field("geometry", pa.string()))
+    .append(pa.field("estimator", pa.string()))
+    .append(pa.field("model_width", pa.int64()))
+)
+
+
+def estimated_layer_dimensions(dimensions, geometry: str, estimator: str) -> tuple[list[float], int] | None:
+    """Return per-layer estimated dimensions from a study's dimension table, and the width they come from.
+
+    Each layer's value is the median of ``estimator`` in ``geometry`` over
+    the models of the largest width that has a finite estimate for every
+    layer, because the widest networks sample their weight distribution
+    best. Returns ``None`` when no width qualifies.
+
+    Args:
+        dimensions: a ``dimensions.parquet`` table as a pandas DataFrame.
+    """
+    rows = dimensions[(dimensions["geometry"] == geometry) & (dimensions["estimator"] == estimator)]
+    rows = rows[rows["dimension"].notna() & (rows["dimension"] > 0)]
+    layers = sorted(dimensions["layer"].unique())
+    for width in sorted(rows["width"].unique(), reverse=True):
+        medians = rows[rows["width"] == width].groupby("layer")["dimension"].median()
+        if sorted(medians.index) == layers:
+            return [float(medians[layer]) for layer in layers], int(width)
+    return None
+
+
+def study_bounds_table(
+    dimensions,
+    epsilons: Sequence[float],
+    input_dim: float,
+    estimators: Sequence[str] = ("participation_ratio", "twonn"),
+    T: float | Sequence[float] = DEFAULT_T,
+    constant: float = DEFAULT_CONSTANT,
+    log_power: float = DEFAULT_LOG_POWER,
+    delta: float = DEFAULT_DELTA,
+) -> pa.Table:
+    """Return the bounds for a study's input dimension and its estimated layer dimensions.
+
+    The rows of :func:`bounds_table` without ``dimensions`` (depth = the
+    number of hidden layers in ``dimensions``), then ``low_dim`` rows for
+    every geometry of ``dimensions`` and estimator of ``estimators``, with
+    k_ℓ from :func:`estimated_layer_dimensions`. Extra columns: ``geometry``
+    and ``estimator`` of the k_ℓ, and ``model_width``, the width of the
+    models they come from (all null for the rows that use only d).
+    """
+    depth = int(dimensions["layer"].max()) + 1
+    parameters = {"T": T, "constant": constant, "log_power": log_power, "delta": delta}
+    base = bounds_table(list(epsilons), input_dim, depth, **parameters).to_pylist()
+    rows = [{**row, "geometry": None, "estimator": None, "model_width": None} for row in base]
+    for geometry in sorted(dimensions["geometry"].unique()):
+        for estimator in estimators:
+            found = estimated_layer_dimensions(dimensions, geometry, estimator)
+            if found is None:
+                continue
+            ks, width = found
+            for epsilon in epsilons:
+                for layer_width in low_dimensional_widths(epsilon, ks, T, constant, log_power, delta):
+                    row = _layer_row("low_dim", epsilon, layer_width)
+                    rows.append({**row, "geometry": geometry, "estimator": estimator, "model_width": width})
+    return pa.Table.from_pylist(rows, schema=STUDY_SCHEMA)
+
+
+def study_bounds_to_file(dimensions_path, out, **parameters) -> pa.Table:
+    """Compute :func:`study_bounds_table` from a dimension table on disk and write it to ``out``."""
+    from lmcpipe.io import read_table, table_metadata, write_table
+
+    dimensions = read_table(dimensions_path).to_pandas()
+    if dimensions.empty:
+        raise ValueError(f"{dimensions_path}: dimension table has no rows")
+    table = study_bounds_table(dimensions, **parameters)
+    if out is not None:
+        recorded = {key: list(value) if isinstance(value, (list, tuple)) else value
+                    for key, value in parameters.items()}
+        metadata = table_metadata(bounds_parameters=json.dumps(recorded, sort_keys=True))
+        write_table(table, out, metadata)
+    return table

@@ -35,7 +35,12 @@ def test_steps_chain_through_cli(run_dir, capsys):
     neurons = [str(run_dir / f"seed{seed}" / "neurons.parquet") for seed in range(3)]
     for checkpoint, out in zip(checkpoints, neurons):
         assert main(["extract", checkpoint, "--out", out]) == 0
-    assert main(["dimension", *neurons, "--out", str(run_dir / "dims.parquet")]) == 0
+
+    assert main(["dimension", *checkpoints, "--subsamples", "2", "--out", str(run_dir / "dims.parquet")]) == 0
+    dims = pq.read_table(run_dir / "dims.parquet").to_pandas()
+    assert len(dims) == 3 * (6 + 6 + 4)
+
+    assert main(["wasserstein", *checkpoints, "--out", str(run_dir / "wasserstein.parquet")]) == 0
     assert main(["align", *checkpoints, "--methods", "naive", "wm",
                  "--out", str(run_dir / "alignment.parquet")]) == 0
     assert main(["wasserstein", *checkpoints, "--out", str(run_dir / "wasserstein.parquet")]) == 0
@@ -46,19 +51,36 @@ def test_steps_chain_through_cli(run_dir, capsys):
     assert len(alignment) == 3 * 2
     barriers = pq.read_table(run_dir / "barriers.parquet").to_pandas()
     assert len(barriers) == 3 * 2 * 2 * 2
+
     histories = [str(run_dir / f"seed{seed}" / "history.parquet") for seed in range(3)]
     tables = run_dir / "tables"
     assert main(["aggregate", "--barriers", str(run_dir / "barriers.parquet"),
                  "--curves", str(run_dir / "curves.parquet"),
                  "--dimensions", str(run_dir / "dims.parquet"),
                  "--alignments", str(run_dir / "alignment.parquet"),
-                 "--wasserstein", str(run_dir / "wasserstein.parquet"),
-                 "--histories", *histories, "--out-dir", str(tables)]) == 0
+                 "--histories", *histories, "--wasserstein", str(run_dir / "wasserstein.parquet"),
+                 "--bootstrap-resamples", "100", "--bootstrap-seed", "5", "--out-dir", str(tables)]) == 0
     correlations = pq.read_table(tables / "correlations.parquet").to_pandas()
     assert set(correlations.method) == {"naive", "wm"}
     assert (correlations.n == 3).all()
+    assert (correlations.bootstrap_seed == 5).all()
+
+    assert main(["bounds", "--dataset", "digits", "--epsilon", "0.1", "--dimensions-table",
+                 str(tables / "dimensions.parquet"), "--out", str(tables / "bounds.parquet")]) == 0
+    bounds = pq.read_table(tables / "bounds.parquet").to_pandas()
+    assert set(bounds.bound) == {"two_layer", "entezari", "deep", "low_dim"}
+
+    assert main(["convergence", *checkpoints, "--widths", "8", "16", "--repeats", "2",
+                 "--subspace-dimensions", "2", "--out", str(tables / "convergence.parquet"),
+                 "--fit-out", str(tables / "convergence_fit.parquet")]) == 0
+
     assert main(["plot", "--tables", str(tables), "--out-dir", str(run_dir / "plots")]) == 0
-    assert (run_dir / "plots" / "barrier_vs_width.png").stat().st_size > 1000
+    assert main(["plot", "--tables", str(tables), "--out-dir", str(run_dir / "plots"),
+                 "bounds", "convergence"]) == 0
+    for name in ("barrier_vs_width", "barrier_vs_lr", "dimension_vs_lr", "barrier_vs_dimension",
+                 "interpolation_curves", "bounds", "convergence"):
+        assert (run_dir / "plots" / f"{name}.png").stat().st_size > 1000
+
     assert main(["summary", "--tables", str(tables)]) == 0
     assert "mean test loss barrier" in capsys.readouterr().out
 
@@ -102,3 +124,13 @@ def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "lmcpipe", "--version"], capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.startswith("lmcpipe ")
+
+
+def test_unknown_plot_is_one_line_error(tmp_path, capsys):
+    assert main(["plot", "--tables", str(tmp_path), "--out-dir", str(tmp_path), "histogram"]) == 2
+    assert "unknown plot(s) ['histogram']" in capsys.readouterr().err
+
+
+def test_missing_table_for_plot_is_one_line_error(tmp_path, capsys):
+    assert main(["plot", "--tables", str(tmp_path), "--out-dir", str(tmp_path), "bounds"]) == 2
+    assert "bounds.parquet: table not found" in capsys.readouterr().err

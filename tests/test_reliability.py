@@ -90,16 +90,17 @@ def test_diverged_runs_are_excluded_and_counted(tmp_path):
         assert load_checkpoint(checkpoint)[1]["status"] == "diverged"
     history = pq.read_table(tmp_path / "seed0" / "history.parquet").to_pandas()
     assert set(history.status) == {"diverged"}
-    neurons = []
     for seed, checkpoint in enumerate(checkpoints):
-        neurons.append(str(tmp_path / f"n{seed}.parquet"))
-        assert main(["extract", checkpoint, "--out", neurons[-1]]) == 0
-    assert main(["dimension", *neurons, "--out", str(tmp_path / "d.parquet")]) == 0
+        assert main(["extract", checkpoint, "--out", str(tmp_path / f"n{seed}.parquet")]) == 0
+    assert main(["dimension", *checkpoints, "--out", str(tmp_path / "d.parquet")]) == 0
+    dimensions = pq.read_table(tmp_path / "d.parquet").to_pandas()
+    assert dimensions["dimension"].isna().all()
+    assert dimensions["reason"].str.contains("diverged").all()
     assert main(["align", *checkpoints, "--out", str(tmp_path / "a.parquet")]) == 0
     assert main(["wasserstein", *checkpoints, "--out", str(tmp_path / "w.parquet")]) == 0
     assert main(["barrier", *checkpoints, "--alignment", str(tmp_path / "a.parquet"),
                  "--curves-out", str(tmp_path / "c.parquet"), "--barriers-out", str(tmp_path / "b.parquet")]) == 0
-    for name in ("d", "a", "w", "b", "c"):
+    for name in ("a", "w", "b", "c"):
         assert pq.read_table(tmp_path / f"{name}.parquet").num_rows == 0
     tables = tmp_path / "tables"
     assert main(["aggregate", "--barriers", str(tmp_path / "b.parquet"), "--curves", str(tmp_path / "c.parquet"),

@@ -8,6 +8,8 @@ from lmcpipe.cli import main
 from lmcpipe.io import metadata_of
 from lmcpipe.theory import (
     bounds_table,
+    estimated_layer_dimensions,
+    study_bounds_table,
     deep_widths,
     log10_entezari_width,
     log10_factor,
@@ -220,3 +222,37 @@ def test_cli_bounds_invalid_value_is_one_line_error(tmp_path, capsys):
         "epsilon=0.1, so that T/epsilon > 1"
     )
     assert not out.exists()
+
+
+def study_dimensions():
+    import pandas as pd
+
+    rows = []
+    for width, values in ((16, [2.0, 2.5, 3.0]), (64, [4.0, 5.0, 9.0])):
+        for seed, value in enumerate(values):
+            for layer in (0, 1):
+                rows.append({"width": width, "seed": seed, "layer": layer, "geometry": "incoming",
+                             "estimator": "participation_ratio", "dimension": value + layer})
+    rows.append({"width": 64, "seed": 0, "layer": 0, "geometry": "incoming", "estimator": "twonn",
+                 "dimension": float("nan")})
+    return pd.DataFrame(rows)
+
+
+def test_estimated_dimensions_are_medians_at_largest_width():
+    ks, width = estimated_layer_dimensions(study_dimensions(), "incoming", "participation_ratio")
+    assert width == 64
+    assert ks == [5.0, 6.0]
+    assert estimated_layer_dimensions(study_dimensions(), "incoming", "twonn") is None
+
+
+def test_study_bounds_add_low_dim_rows():
+    table = study_bounds_table(study_dimensions(), [0.1], input_dim=64).to_pandas()
+    low = table[table.bound == "low_dim"]
+    assert list(low.layer) == [1, 2]
+    assert list(low.exponent) == [5.0, 6.0]
+    assert list(low.log10_width) == pytest.approx([5.0, 6.0])
+    assert set(low.geometry) == {"incoming"}
+    assert set(low.model_width) == {64}
+    deep = table[table.bound == "deep"]
+    assert len(deep) == 2
+    assert deep.geometry.isna().all()

@@ -15,8 +15,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
-TABLES = ["barriers", "curves", "dimensions", "histories", "alignments", "correlations"]
-PLOTS = ["barrier_vs_width", "barrier_vs_dimension", "interpolation_curves"]
+TABLES = ["barriers", "curves", "dimensions", "histories", "alignments", "correlations", "bounds",
+          "convergence", "convergence_fit"]
+PLOTS = ["barrier_vs_width", "barrier_vs_lr", "dimension_vs_lr", "barrier_vs_dimension",
+         "interpolation_curves", "bounds", "convergence"]
 
 pytestmark = pytest.mark.workflow
 
@@ -68,8 +70,28 @@ def test_study_writes_tables_and_plots(study):
                    "split", "metric", "barrier", "midpoint"]:
         assert column in barriers.columns
     dimensions = pd.read_parquet(study / "results" / "tables" / "dimensions.parquet")
-    assert set(dimensions.estimator) == {"participation_ratio", "twonn"}
-    assert len(dimensions) == 2 * 2 * 2
+    assert set(dimensions.estimator) == {"participation_ratio", "pca_90", "pca_95", "pca_99", "twonn", "mle"}
+    assert set(dimensions.geometry) == {"incoming", "covariance", "activations"}
+    # 2 settings x 2 seeds x 1 layer x (6 + 6 + 4) estimates.
+    assert len(dimensions) == 2 * 2 * 16
+    for column in ["spread", "n_points", "n_removed", "reason"]:
+        assert column in dimensions.columns
+    correlations = pd.read_parquet(study / "results" / "tables" / "correlations.parquet")
+    # One pair per setting gives n = 2 in every group, so every row has a reason.
+    assert (correlations.n == 2).all()
+    assert (correlations.reason != "").all()
+    fits = pd.read_parquet(study / "results" / "tables" / "convergence_fit.parquet")
+    assert set(fits.source) == {"gaussian", "subspace2", "trained"}
+    assert fits.set_index("source").loc["gaussian", "reason"] == ""
+
+
+def test_report_has_plots_and_captions(study):
+    result = snakemake(study, "--report", "results/report.html")
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = (study / "results" / "report.html").read_text(errors="replace")
+    for name in PLOTS:
+        assert f"{name}.png" in report
+    assert "Spearman" in report
 
 
 def test_rerun_does_nothing(study):
@@ -95,7 +117,9 @@ def test_new_learning_rate_reruns_only_its_jobs(study):
     assert counts["extract"] == 4
     assert counts["align"] == 2
     assert counts["barrier"] == 2
+    assert counts["dimension"] == 2
     assert counts["aggregate"] == 1
+    assert counts["convergence"] == 1
 
 
 def test_two_runs_from_scratch_are_identical(study, tmp_path_factory):

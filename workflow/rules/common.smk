@@ -69,9 +69,29 @@ SETTING_DIRS = [RUN.format(**setting) for setting in SETTINGS]
 
 TABLE_KINDS = ["barriers", "curves", "dimensions", "histories", "alignments", "wasserstein"]
 TABLES = expand("results/tables/{kind}.parquet", kind=TABLE_KINDS + ["correlations"])
-PLOTS = expand(
-    "results/plots/{name}.png",
-    name=["barrier_vs_width", "barrier_vs_dimension", "interpolation_curves"],
+# Plots of the `plot` rule (see lmcpipe.plots.PLOTS); the convergence plot
+# has its own rule.
+STUDY_PLOTS = [
+    "barrier_vs_width",
+    "barrier_vs_lr",
+    "dimension_vs_lr",
+    "barrier_vs_dimension",
+    "interpolation_curves",
+    "bounds",
+]
+PLOTS = expand("results/plots/{name}.png", name=STUDY_PLOTS)
+NEURONS = [
+    f"{folder}/seed{seed}/neurons.parquet" for folder in SETTING_DIRS for seed in SEEDS
+]
+CONVERGENCE = config["convergence"]["enabled"]
+CONVERGENCE_OUTPUTS = (
+    [
+        "results/tables/convergence.parquet",
+        "results/tables/convergence_fit.parquet",
+        "results/plots/convergence.png",
+    ]
+    if CONVERGENCE
+    else []
 )
 
 
@@ -110,3 +130,20 @@ def per_setting(name):
 
 def histories_of_study(wildcards):
     return [f"{folder}/seed{seed}/history.parquet" for folder in SETTING_DIRS for seed in SEEDS]
+
+
+def convergence_checkpoints(wildcards):
+    """Return the study's checkpoints whose width is also a convergence width.
+
+    Empty unless the `trained` source is requested.
+    """
+    settings = config["convergence"]
+    if "trained" not in settings["sources"]:
+        return []
+    widths = set(settings["widths"])
+    return [
+        f"{RUN.format(**setting)}/seed{seed}/params.npz"
+        for setting in SETTINGS
+        if setting["width"] in widths
+        for seed in SEEDS
+    ]

@@ -13,11 +13,15 @@ rule extract:
 
 rule dimension:
     input:
-        expand("results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/seed{seed}/neurons.parquet", seed=SEEDS, allow_missing=True),
+        checkpoints_of,
     output:
         "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/dimensions.parquet",
     params:
         estimators=config["dimension"]["estimators"],
+        geometries=config["dimension"]["geometries"],
+        subsamples=config["dimension"]["subsamples"],
+        subsample_fraction=config["dimension"]["subsample_fraction"],
+        seed=config["dimension"]["seed"],
     log:
         "results/logs/dimension/{dataset}/depth{depth}/width{width}/lr{lr}.log",
     benchmark:
@@ -26,4 +30,6 @@ rule dimension:
         "../envs/lmcpipe.yaml"
     shell:
         "lmcpipe dimension {input:q} --estimators {params.estimators:q} "
+        "--geometries {params.geometries:q} --subsamples {params.subsamples} "
+        "--subsample-fraction {params.subsample_fraction} --seed {params.seed} "
         "--out {output:q} > {log:q} 2>&1"
