@@ -1,10 +1,10 @@
 """Run the tiny study through SLURM on a single-node cluster started by the test.
 
-The cluster is built from Debian's packages (``apt-get install slurmctld slurmd
-slurm-client munge``, which ``.ci/run`` does) and needs root: munged, slurmctld
-and slurmd run as root, and the SLURM commands inside a job read
-``/etc/slurm/slurm.conf``, because the executor plugin clears ``SLURM_*``
-variables, ``SLURM_CONF`` included. The test writes that file and
+The cluster comes from Debian's packages (``apt-get install slurmctld slurmd
+slurm-client munge``, which ``.ci/run`` does). It needs root, because munged,
+slurmctld and slurmd run as root. The SLURM commands inside a job read
+``/etc/slurm/slurm.conf``, since the executor plugin clears ``SLURM_*``
+variables, ``SLURM_CONF`` included. So the test writes that file and
 ``gres.conf`` beside it, and restores what was there before when it ends.
 Every daemon listens on 127.0.0.1 only. There is no slurmdbd, so ``sacct``
 fails and the plugin polls job states with ``squeue``. That works because
