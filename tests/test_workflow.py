@@ -50,6 +50,11 @@ def test_study_writes_tables_and_plots(study):
     assert len(dimensions) == 2 * 2 * 2
 
 
+def test_jobs_fill_compilation_cache(study):
+    cache = study / "results" / ".jax_cache"
+    assert any(cache.glob("*-cache")), f"no compiled programs in {cache}"
+
+
 def test_rerun_does_nothing(study):
     result = snakemake(study, "--dry-run")
     assert result.returncode == 0

@@ -16,6 +16,7 @@ rule align:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
+        "LMCPIPE_COMPILATION_CACHE=${{LMCPIPE_COMPILATION_CACHE-results/.jax_cache}} "
         "lmcpipe align {input:q} --methods {params.methods} --seed {params.seed} "
         "--max-passes {params.max_passes} --sinkhorn-reg {params.sinkhorn_reg} "
         "--sinkhorn-max-iter {params.sinkhorn_max_iter} --out {output:q} > {log:q} 2>&1"
@@ -37,6 +38,7 @@ rule barrier:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
+        "LMCPIPE_COMPILATION_CACHE=${{LMCPIPE_COMPILATION_CACHE-results/.jax_cache}} "
         "lmcpipe barrier {input.checkpoints:q} --alignment {input.alignment:q} "
         "--points {params.points} --curves-out {output.curves:q} "
         "--barriers-out {output.barriers:q} > {log:q} 2>&1"
@@ -54,4 +56,5 @@ rule wasserstein:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
+        "LMCPIPE_COMPILATION_CACHE=${{LMCPIPE_COMPILATION_CACHE-results/.jax_cache}} "
         "lmcpipe wasserstein {input:q} --out {output:q} > {log:q} 2>&1"
