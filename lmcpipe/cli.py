@@ -4,6 +4,10 @@ Each subcommand reads and writes files only, so the same step runs from the
 shell, from Python and from the Snakemake workflow. Errors in the input
 (a missing or corrupt file, an invalid setting) end the command with a
 one-line message and exit status 2.
+
+When the environment variable ``LMCPIPE_COMPILATION_CACHE`` names a folder,
+compiled JAX programs are kept there for later runs (see
+:mod:`lmcpipe.runtime`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from lmcpipe.runtime import enable_compilation_cache
 
 log = logging.getLogger("lmcpipe")
 
@@ -340,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        # Before the step's first compilation: JAX checks for the cache only once.
+        enable_compilation_cache()
         args.run(args)
     except (ValueError, OSError) as error:
         command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))

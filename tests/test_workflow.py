@@ -94,6 +94,11 @@ def test_report_has_plots_and_captions(study):
     assert "Spearman" in report
 
 
+def test_jobs_fill_compilation_cache(study):
+    cache = study / "results" / ".jax_cache"
+    assert any(cache.glob("*-cache")), f"no compiled programs in {cache}"
+
+
 def test_rerun_does_nothing(study):
     result = snakemake(study, "--dry-run")
     assert result.returncode == 0

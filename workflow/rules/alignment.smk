@@ -17,6 +17,7 @@ rule align:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
+        "LMCPIPE_COMPILATION_CACHE=${{LMCPIPE_COMPILATION_CACHE-results/.jax_cache}} "
         "lmcpipe align {input:q} --methods {params.methods:q} --pairs {params.pairs} --seed {params.seed} "
         "--max-passes {params.max_passes} --sinkhorn-reg {params.sinkhorn_reg} "
         "--sinkhorn-max-iter {params.sinkhorn_max_iter} --out {output:q} > {log:q} 2>&1"
@@ -43,6 +44,7 @@ rule barrier:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
+        "LMCPIPE_COMPILATION_CACHE=${{LMCPIPE_COMPILATION_CACHE-results/.jax_cache}} "
         "lmcpipe barrier {input.checkpoints:q} --alignment {input.alignment:q} "
         "--points {params.points} {params.train_examples} --curves-out {output.curves:q} "
         "--barriers-out {output.barriers:q} > {log:q} 2>&1"
@@ -62,4 +64,5 @@ rule wasserstein:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
+        "LMCPIPE_COMPILATION_CACHE=${{LMCPIPE_COMPILATION_CACHE-results/.jax_cache}} "
         "lmcpipe wasserstein {input:q} --pairs {params.pairs} --out {output:q} > {log:q} 2>&1"

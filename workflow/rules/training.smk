@@ -17,6 +17,7 @@ rule train:
         "../envs/lmcpipe.yaml"
     threads: 1
     shell:
+        "LMCPIPE_COMPILATION_CACHE=${{LMCPIPE_COMPILATION_CACHE-results/.jax_cache}} "
         "lmcpipe train --spec {params.spec:q} --seeds {params.seeds} "
         "--out-dir {params.out_dir:q} --execution {params.execution} "
         "--checkpoint-every {params.checkpoint_every} "
