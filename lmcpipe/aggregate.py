@@ -86,6 +86,24 @@ def concat_tables(paths, allow_mixed_versions: bool = False) -> pa.Table:
         raise ValueError(f"tables {list(map(str, paths))} do not share a schema: {error}") from None
 
 
+def study_hash(paths) -> str:
+    """Return a hash of the training settings behind the given per-run tables.
+
+    It is the first 16 hex digits of the SHA-256 of the sorted, distinct
+    ``lmcpipe.config_hash`` values of the tables, so it changes exactly when
+    a setting of the study is added, removed or changed.
+    """
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    hashes = set()
+    for path in paths:
+        raw = pq.read_schema(path).metadata or {}
+        hashes.add(raw.get(b"lmcpipe.config_hash", b"").decode())
+    return hashlib.sha256(",".join(sorted(hashes)).encode()).hexdigest()[:16]
+
+
 def bootstrap_spearman(x: np.ndarray, y: np.ndarray, resamples: int, seed: int,
                        confidence: float = CONFIDENCE) -> tuple[float, float, int]:
     """Return a bootstrap percentile interval for Spearman's ρ of the pairs ``(x[i], y[i])``.
@@ -226,17 +244,18 @@ def aggregate(inputs: dict[str, list], out_dir, resamples: int = BOOTSTRAP_RESAM
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     tables = {}
+    config_hash = study_hash(inputs["histories"])
     for kind in TABLES:
         tables[kind] = concat_tables(inputs[kind], allow_mixed_versions)
         path = out_dir / f"{kind}.parquet"
-        write_table(tables[kind], path, table_metadata())
+        write_table(tables[kind], path, table_metadata(config_hash))
         written[kind] = path
     correlations = correlation_table(
         tables["barriers"].to_pandas(), tables["dimensions"].to_pandas(), resamples, seed, confidence
     )
     path = out_dir / "correlations.parquet"
     write_table(correlation_arrow(correlations), path,
-                table_metadata(bootstrap_seed=str(seed), bootstrap_resamples=str(resamples)))
+                table_metadata(config_hash, bootstrap_seed=str(seed), bootstrap_resamples=str(resamples)))
     written["correlations"] = path
     for row in correlations.itertuples():
         if row.reason:

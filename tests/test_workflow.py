@@ -58,8 +58,14 @@ def study(tmp_path_factory):
 
 
 def test_study_writes_tables_and_plots(study):
+    import pyarrow.parquet as pq
+
     for name in TABLES:
-        assert (study / "results" / "tables" / f"{name}.parquet").is_file()
+        path = study / "results" / "tables" / f"{name}.parquet"
+        assert path.is_file()
+        metadata = pq.read_schema(path).metadata
+        for key in (b"lmcpipe.version", b"lmcpipe.config_hash", b"lmcpipe.jax_version", b"lmcpipe.backend"):
+            assert key in metadata, (name, key)
     for name in PLOTS:
         assert (study / "results" / "plots" / f"{name}.png").stat().st_size > 1000
     barriers = pd.read_parquet(study / "results" / "tables" / "barriers.parquet")
