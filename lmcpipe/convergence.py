@@ -343,7 +343,7 @@ def convergence_to_files(out, fit_out, options: ConvergenceOptions, input_dim: i
     The input dimension is ``input_dim``, else that of ``dataset``, else the
     first checkpoint's fan-in.
     """
-    from lmcpipe.io import load_checkpoint, table_metadata, write_table
+    from lmcpipe.io import load_checkpoint, settings_hash, table_metadata, write_table
     from lmcpipe.layout import hidden_name
 
     models = [load_checkpoint(path) for path in checkpoints]
@@ -356,8 +356,11 @@ def convergence_to_files(out, fit_out, options: ConvergenceOptions, input_dim: i
             raise ValueError("no input dimension: give --input-dim, --dataset or checkpoints")
         input_dim = int(np.shape(models[0][0][hidden_name(0)]["kernel"])[0])
     samples, fits = convergence_tables(input_dim, options, models)
+    settings = repr(dataclasses.asdict(options)) + f" input_dim={input_dim} " + ",".join(
+        sorted({meta["spec_hash"] for _, meta in models})
+    )
     metadata = table_metadata(
-        convergence_seed=str(options.seed), input_dim=str(input_dim),
+        settings_hash(settings), convergence_seed=str(options.seed), input_dim=str(input_dim),
         convergence_options=repr(dataclasses.asdict(options)),
     )
     write_table(samples, out, metadata)

@@ -75,6 +75,17 @@ def table_metadata(spec_hash: str | None = None, **extra: str) -> dict[str, str]
     return metadata
 
 
+def settings_hash(settings: str) -> str:
+    """Return the first 16 hex digits of the SHA-256 of a canonical settings string.
+
+    Tables that no single training spec determines (bounds, convergence)
+    record this hash of their own settings as ``lmcpipe.config_hash``.
+    """
+    import hashlib
+
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
 def _package_version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 

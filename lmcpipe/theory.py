@@ -419,12 +419,13 @@ def _layer_row(bound: str, epsilon: float, width: LayerWidth) -> dict:
 
 def bounds_to_file(out, **parameters) -> pa.Table:
     """Compute :func:`bounds_table` and, when ``out`` is given, write it to Parquet atomically."""
-    from lmcpipe.io import table_metadata, write_table
+    from lmcpipe.io import settings_hash, table_metadata, write_table
 
     table = bounds_table(**parameters)
     if out is not None:
         # The parameters are recorded because the bounds depend on them.
-        metadata = table_metadata(bounds_parameters=json.dumps(parameters, sort_keys=True))
+        settings = json.dumps(parameters, sort_keys=True)
+        metadata = table_metadata(settings_hash(settings), bounds_parameters=settings)
         write_table(table, out, metadata)
     return table
 
@@ -495,7 +496,7 @@ def study_bounds_table(
 
 def study_bounds_to_file(dimensions_path, out, **parameters) -> pa.Table:
     """Compute :func:`study_bounds_table` from a dimension table on disk and write it to ``out``."""
-    from lmcpipe.io import read_table, table_metadata, write_table
+    from lmcpipe.io import metadata_of, read_table, settings_hash, table_metadata, write_table
 
     dimensions = read_table(dimensions_path).to_pandas()
     if dimensions.empty:
@@ -504,6 +505,8 @@ def study_bounds_to_file(dimensions_path, out, **parameters) -> pa.Table:
     if out is not None:
         recorded = {key: list(value) if isinstance(value, (list, tuple)) else value
                     for key, value in parameters.items()}
-        metadata = table_metadata(bounds_parameters=json.dumps(recorded, sort_keys=True))
+        settings = json.dumps(recorded, sort_keys=True)
+        source = metadata_of(read_table(dimensions_path)).get("lmcpipe.config_hash", "")
+        metadata = table_metadata(settings_hash(source + settings), bounds_parameters=settings)
         write_table(table, out, metadata)
     return table
