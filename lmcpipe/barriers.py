@@ -127,7 +127,7 @@ def evaluation_splits(dataset, train_examples: int | None = None, seed: int = 0)
 
     With ``train_examples``, the train curve uses that many training examples
     drawn without replacement by ``seed``, the same for every pair and
-    method; the test set is always used whole.
+    method. The test set is always used whole.
     """
     x_train, y_train = dataset.split("train")
     if train_examples is not None and train_examples < len(y_train):

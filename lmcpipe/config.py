@@ -86,7 +86,12 @@ def load_schema(path: str | Path) -> dict[str, Any]:
 def _key_name(path) -> str:
     name = ""
     for part in path:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif name:
+            name += f".{part}"
+        else:
+            name = str(part)
     return name or "(top level)"
 
 

@@ -7,7 +7,7 @@ never a truncated file.
 Checkpoint format (``params.npz``): an uncompressed NumPy ``.npz`` archive,
 readable without pickle. Each parameter array is stored under the key
 ``<layer>/<name>`` (for example ``hidden_0/kernel`` of shape ``(in, out)``,
-``hidden_0/bias`` of shape ``(out,)``), and the key ``__meta__`` holds a
+``hidden_0/bias`` of shape ``(out,)``), and the key ``__meta__`` contains a
 0-d unicode array with a JSON object: ``format``, ``format_version``,
 ``lmcpipe_version``, ``jax_version``, ``backend``, ``spec`` (the
 :class:`~lmcpipe.spec.TrainSpec`), ``spec_hash``, ``seed``, ``layers`` (layer

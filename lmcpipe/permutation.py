@@ -24,7 +24,7 @@ ParamKey = tuple[str, str]
 
 @dataclasses.dataclass(frozen=True)
 class PermutationSpec:
-    """Which axes of which parameters each permutation touches.
+    """Map from each permutation to the parameter axes it touches.
 
     Attributes:
         sizes: permutation name (the hidden layer's name) to its size, in
@@ -90,7 +90,7 @@ def check_spec(spec: PermutationSpec, params) -> None:
 
 
 def check_permutations(spec: PermutationSpec, perms: Mapping[str, np.ndarray]) -> None:
-    """Raise ``ValueError`` unless ``perms`` holds one valid permutation per layer."""
+    """Raise ``ValueError`` unless ``perms`` contains one valid permutation per layer."""
     if set(perms) != set(spec.sizes):
         raise ValueError(
             f"permutations given for {sorted(perms)}, expected {sorted(spec.sizes)}"

@@ -2,7 +2,7 @@
 
 :data:`PLOTS` maps each plot name to the tables it reads from the study's
 table folder and to the function that draws it. ``lmcpipe plot`` draws the
-named plots into ``<name>.png``. Unless a caption says otherwise, barrier
+named plots into ``<name>.png``. Unless a caption states otherwise, barrier
 plots show the test loss.
 """
 
@@ -52,6 +52,20 @@ def _method_colors(methods) -> dict:
     return {method: cycle[index % len(cycle)] for index, method in enumerate(sorted(methods))}
 
 
+def _quantity_grid(rows: pd.DataFrame, panel: str, x: str, axes, colors) -> None:
+    """Draw barrier (top row) and midpoint (bottom row) against ``x``, one panel per ``panel`` value.
+
+    Each line is a method's mean over pairs, with one standard deviation as
+    error bars.
+    """
+    for row, quantity in enumerate(QUANTITY_LABELS):
+        for axis, value in zip(axes[row], sorted(rows[panel].unique())):
+            for method, frame in rows[rows[panel] == value].groupby("method"):
+                stats = frame.groupby(x)[quantity].agg(["mean", "std"]).fillna(0)
+                axis.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3,
+                              label=method, color=colors[method])
+
+
 def barrier_vs_width(barriers: pd.DataFrame, path: Path, split="test", metric="loss") -> None:
     """Plot the mean barrier and midpoint (± one standard deviation over pairs) against width.
 
@@ -59,14 +73,10 @@ def barrier_vs_width(barriers: pd.DataFrame, path: Path, split="test", metric="l
     """
     rows = _select(barriers, split=split, metric=metric)
     lrs = sorted(rows["lr"].unique())
-    colors = _method_colors(rows["method"].unique())
     figure, axes = plt.subplots(2, len(lrs), figsize=(4.2 * len(lrs), 6.4), squeeze=False, sharex=True)
+    _quantity_grid(rows, "lr", "width", axes, _method_colors(rows["method"].unique()))
     for row, quantity in enumerate(QUANTITY_LABELS):
         for axis, lr in zip(axes[row], lrs):
-            for method, frame in rows[rows["lr"] == lr].groupby("method"):
-                stats = frame.groupby("width")[quantity].agg(["mean", "std"]).fillna(0)
-                axis.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3,
-                              label=method, color=colors[method])
             axis.set_xscale("log", base=2)
             axis.set_title(f"lr = {lr:g}")
             if row == 1:
@@ -80,15 +90,11 @@ def barrier_vs_lr(barriers: pd.DataFrame, path: Path, split="test", metric="loss
     """Plot the mean barrier and midpoint against learning rate, one column per width, one line per method."""
     rows = _select(barriers, split=split, metric=metric)
     widths = sorted(rows["width"].unique())
-    colors = _method_colors(rows["method"].unique())
     figure, axes = plt.subplots(2, len(widths), figsize=(3.2 * len(widths), 6.2), squeeze=False,
                                 sharex=True, sharey="row")
+    _quantity_grid(rows, "width", "lr", axes, _method_colors(rows["method"].unique()))
     for row, quantity in enumerate(QUANTITY_LABELS):
         for axis, width in zip(axes[row], widths):
-            for method, frame in rows[rows["width"] == width].groupby("method"):
-                stats = frame.groupby("lr")[quantity].agg(["mean", "std"]).fillna(0)
-                axis.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3,
-                              label=method, color=colors[method])
             axis.set_xscale("log")
             axis.set_title(f"width {width}")
             if row == 1:

@@ -203,9 +203,9 @@ def train_seeds(
         dataset: training and test data.
         vectorize: ``"auto"``, ``True`` (one ``vmap`` program for all seeds)
             or ``False`` (one seed after another within each epoch).
-        resume_path: file for the resumable training state. When it holds
+        resume_path: file for the resumable training state. When it contains
             the state of this very run (same spec, seeds and execution path),
-            training resumes after its last epoch; the result is then
+            training resumes after its last epoch. The result is then
             bit-identical to an uninterrupted run on the same machine.
         checkpoint_every: save the state every this many epochs.
         on_divergence: ``"exclude"`` stops a seed whose training loss becomes
@@ -352,8 +352,8 @@ def train_to_files(
 ) -> None:
     """Train every seed and write ``seed<k>/params.npz`` and ``seed<k>/history.parquet``.
 
-    The resumable state lives in ``<out_dir>/training_state.npz`` while the
-    job runs, so a killed job resumes where it stopped when rerun; it is
+    The resumable state is kept in ``<out_dir>/training_state.npz`` while
+    the job runs, so a killed job resumes where it stopped when rerun. It is
     removed once every output is written.
     """
     from lmcpipe.data import load_for_spec
