@@ -7,7 +7,9 @@ one-line message and exit status 2.
 
 When the environment variable ``LMCPIPE_COMPILATION_CACHE`` names a folder,
 compiled JAX programs are kept there for later runs (see
-:mod:`lmcpipe.runtime`).
+:mod:`lmcpipe.runtime`). When ``LMCPIPE_WORKER`` names a running worker, the
+command runs in a child of that process, which has imported the
+dependencies already (see :mod:`lmcpipe.worker`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from lmcpipe.runtime import enable_compilation_cache
@@ -340,19 +343,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; ``argv`` defaults to the command line.
+
+    A command-line run hands itself to the worker named by
+    ``$LMCPIPE_WORKER`` when one runs (see :mod:`lmcpipe.worker`); a call
+    with ``argv`` from Python always runs here.
+    """
+    if argv is None:
+        from lmcpipe.worker import run_in_worker
+
+        status = run_in_worker(sys.argv[1:])
+        if status is not None:
+            return status
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
+    # The benchmark of a study's start-up cost reads these two lines.
+    log.info("lmcpipe %s: started", command)
+    started = time.perf_counter()
     try:
         # Before the step's first compilation: JAX checks for the cache only once.
         enable_compilation_cache()
         args.run(args)
     except (ValueError, OSError) as error:
-        command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
         print(f"lmcpipe {command}: error: {error}", file=sys.stderr)
         return 2
+    log.info("lmcpipe %s: finished in %.3f s", command, time.perf_counter() - started)
     return 0
 
 

@@ -13,7 +13,7 @@ import jax
 import pytest
 
 from bench import workloads
-from bench.pipeline import busy_seconds, log_startup, split_run
+from bench.pipeline import busy_seconds, log_startup, read_jobs, split_run
 from bench.report import markdown, row
 from bench.training import _step_matmuls
 
@@ -38,15 +38,42 @@ def test_log_startup_sums_top_level_imports_and_compiles():
         "import time: self [us] | cumulative | imported package",
         "import time:       100 |        100 |   _io",
         "import time:       200 |        300 | encodings",
+        "2026-01-01 INFO lmcpipe: lmcpipe train: started",
         "import time:        50 |       1500 | jax",
         "2026-01-01 INFO lmcpipe.training: training 2 seed(s)",
         "2026-01-01 WARNING jax._src.dispatch: Finished tracing epoch for jit in 0.25 sec",
         "2026-01-01 WARNING jax._src.dispatch: Finished jaxpr to MLIR module conversion jit(epoch) in 0.5 sec",
         "2026-01-01 WARNING jax._src.dispatch: Finished XLA compilation of jit(epoch) in 1.25 sec",
+        "2026-01-01 INFO lmcpipe: lmcpipe train: finished in 3.500 s",
     ])
-    import_s, compile_s = log_startup(log)
-    assert import_s == pytest.approx(1800e-6)
-    assert compile_s == pytest.approx(2.0)
+    times = log_startup(log)
+    assert times["import_s"] == pytest.approx(1800e-6)
+    assert times["step_import_s"] == pytest.approx(1500e-6)
+    assert times["compile_s"] == pytest.approx(2.0)
+    assert times["step_s"] == pytest.approx(3.5)
+    assert log_startup("import time:       200 |        300 | encodings")["step_s"] is None
+
+
+def test_read_jobs_splits_start_up_from_compute(tmp_path):
+    metadata = tmp_path / ".snakemake" / "metadata"
+    metadata.mkdir(parents=True)
+    for name, output in enumerate(["a.parquet", "b.parquet"]):
+        (metadata / str(name)).write_text(json.dumps({
+            "rule": "align", "log": ["logs/align.log"], "starttime": 10.0 + name, "endtime": 15.0,
+        }))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "align.log").write_text("\n".join([
+        "import time:        50 |     500000 | lmcpipe.cli",
+        "x INFO lmcpipe: lmcpipe align: started",
+        "import time:        50 |    1000000 | lmcpipe.alignment",
+        "x WARNING jax._src.dispatch: Finished XLA compilation of jit(f) in 0.5 sec",
+        "x INFO lmcpipe: lmcpipe align: finished in 3.000 s",
+    ]))
+    (job,) = read_jobs(tmp_path)
+    assert job["wall_s"] == pytest.approx(5.0)
+    assert job["compute_s"] == pytest.approx(1.5)
+    assert job["startup_s"] == pytest.approx(3.5)
+    assert job["import_s"] == pytest.approx(1.5)
 
 
 def test_busy_seconds_merges_overlaps():
@@ -57,8 +84,10 @@ def test_busy_seconds_merges_overlaps():
 
 def test_split_run_shares():
     jobs = [
-        {"rule": "train", "start": 0.0, "end": 4.0, "wall_s": 4.0, "import_s": 1.0, "compile_s": 1.0},
-        {"rule": "plot", "start": 6.0, "end": 8.0, "wall_s": 2.0, "import_s": 1.0, "compile_s": 0.0},
+        {"rule": "train", "start": 0.0, "end": 4.0, "wall_s": 4.0, "import_s": 1.0, "compile_s": 1.0,
+         "startup_s": 2.0},
+        {"rule": "plot", "start": 6.0, "end": 8.0, "wall_s": 2.0, "import_s": 1.0, "compile_s": 0.0,
+         "startup_s": 1.0},
     ]
     split = split_run(10.0, jobs)
     assert split["scheduling_s"] == pytest.approx(4.0)

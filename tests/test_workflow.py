@@ -100,6 +100,18 @@ def test_report_has_plots_and_captions(study):
     assert "Spearman" in report
 
 
+def test_worker_ran_every_job(study):
+    log = (study / "results" / "logs" / "worker.log").read_text()
+    assert "serving on" in log
+    assert "refused" not in log and "caller gone" not in log
+    exits = re.findall(r"pid \d+: exit (\d+)", log)
+    commands = re.findall(r"pid \d+: lmcpipe (\w+)", log)
+    assert len(exits) == len(commands) >= 15
+    assert set(exits) == {"0"}
+    assert {"train", "extract", "dimension", "align", "barrier", "aggregate", "plot"} <= set(commands)
+    assert log.rstrip().endswith("stopped")
+
+
 def test_jobs_fill_compilation_cache(study):
     cache = study / "results" / ".jax_cache"
     assert any(cache.glob("*-cache")), f"no compiled programs in {cache}"

@@ -1,0 +1,497 @@
+"""A process that imports lmcpipe's dependencies once and runs commands for many jobs.
+
+Each step of a study is a Snakemake job that starts the ``lmcpipe`` command.
+Importing JAX, Flax, Optax, POT, scikit-learn and scikit-dimension takes 1 to
+3 s on a small CPU, longer than most steps of a small study compute. During a
+local run the workflow starts one worker, which imports them once and then,
+for each ``lmcpipe`` command that connects to it, forks a child that runs the
+command with the caller's arguments, working folder, environment and standard
+streams. The caller waits and exits with the child's status, so Snakemake
+sees the same job, outputs, log and exit status as without the worker.
+
+Python's ``multiprocessing`` forkserver does the same for the processes of
+one program; the jobs here are independent processes started by Snakemake,
+hence this module.
+
+Safety rules:
+
+* The worker never initialises a JAX backend or compiles anything, so no
+  XLA thread exists when it forks; each child starts its own backend (and
+  its own GPU context), like a fresh process.
+* Values read at import time cannot change in a child. A request whose
+  environment differs from the worker's in such a variable (``JAX_*``,
+  ``XLA_*``, ``CUDA_*``, ``PYTHON*``, thread counts, ...), or that comes
+  from another Python installation or another copy of lmcpipe, is refused,
+  and the command runs in its own process as usual.
+* When the caller dies (Snakemake cancels the job), the worker kills the
+  child. When the worker dies, the kernel kills its children
+  (``PR_SET_PDEATHSIG``) and their callers fail, so a job is never reported
+  done or failed while its step still runs.
+* The worker stops when the process that started it (Snakemake) exits.
+
+Protocol, over a Unix socket in a private temporary folder: the caller sends
+its standard stream descriptors with a length-prefixed JSON request
+(``argv``, ``cwd``, ``env``, ``prefix``, ``package``); the worker answers
+with JSON lines, ``{"accepted": pid}`` then ``{"exit": status}``, or
+``{"refused": reason}``.
+
+This module imports only the standard library at the top, because the
+caller side runs before every command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+ADDRESS_ENV_VAR = "LMCPIPE_WORKER"
+
+# Environment variables that modules read when they are imported: a child
+# inherits the worker's values, so requests must carry the same ones.
+IMPORT_TIME_PREFIXES = (
+    "JAX_", "XLA_", "TF_", "TPU_", "CUDA_", "NVIDIA_", "ROCR_", "HIP_", "PYTHON",
+    "OMP_", "OPENBLAS_", "MKL_", "KMP_", "LD_", "POT_", "SKLEARN_", "SCIPY_",
+    "NUMPY_", "ARROW_", "MPL",
+)
+
+# Thread counts of the BLAS and OpenMP libraries, which Snakemake sets to each
+# job's threads. The libraries read them when loaded, so a child applies them
+# with threadpoolctl instead.
+THREAD_COUNT_VARS = {
+    "OMP_NUM_THREADS": "openmp",
+    "OPENBLAS_NUM_THREADS": "blas",
+    "MKL_NUM_THREADS": "blas",
+}
+
+# Modules a step may import; each is imported by the worker once.
+PRELOAD = (
+    "numpy", "scipy.optimize", "scipy.stats", "pyarrow.parquet", "jax", "jax.numpy",
+    "flax.linen", "optax", "sklearn", "skdim", "ot",
+    "lmcpipe.cli", "lmcpipe.training", "lmcpipe.neurons", "lmcpipe.dimension",
+    "lmcpipe.statistics", "lmcpipe.alignment", "lmcpipe.wasserstein", "lmcpipe.barriers",
+    "lmcpipe.aggregate", "lmcpipe.theory", "lmcpipe.convergence", "lmcpipe.data", "lmcpipe.plots",
+)
+
+_HEADER = struct.Struct("!I")
+_MAX_REQUEST = 16 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+# Caller side ---------------------------------------------------------------
+
+
+def run_in_worker(argv: list[str]) -> int | None:
+    """Run ``lmcpipe ARGV`` in the worker named by ``$LMCPIPE_WORKER``.
+
+    Returns:
+        The command's exit status, or None when no worker is set, none
+        answers, or it refused the request; the caller then runs the command
+        itself.
+    """
+    address = os.environ.get(ADDRESS_ENV_VAR)
+    if not address:
+        return None
+    try:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(address)
+    except OSError:
+        return None
+    with connection:
+        request = json.dumps({
+            "argv": list(argv),
+            "cwd": os.getcwd(),
+            "env": dict(os.environ),
+            "prefix": sys.prefix,
+            "package": _package_folder(),
+        }).encode()
+        try:
+            socket.send_fds(connection, [_HEADER.pack(len(request)) + request], [0, 1, 2])
+        except OSError:
+            return None
+        reader = connection.makefile("r", encoding="utf-8")
+        first = _read_message(reader)
+        if first is None or "refused" in first:
+            return None
+        # From here on the step runs in the worker's child: never run it twice.
+        last = _read_message(reader)
+        if last is None or "exit" not in last:
+            print(f"lmcpipe: the worker running this command (pid {first.get('accepted')}) "
+                  "stopped before it finished", file=sys.stderr)
+            return 1
+        return int(last["exit"])
+
+
+def _read_message(reader) -> dict | None:
+    try:
+        line = reader.readline()
+    except OSError:
+        return None
+    if not line:
+        return None
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _package_folder() -> str:
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+# Worker side ---------------------------------------------------------------
+
+
+class _Log:
+    """One line per event, written to the worker's log file (not the logging module,
+    whose root handlers a child configures for itself)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __call__(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.stream.write(f"{stamp} worker {os.getpid()}: {message}\n")
+        self.stream.flush()
+
+
+def serve(address: str, parent: int | None = None, log_stream=None) -> None:
+    """Accept requests on the Unix socket ``address`` until stopped.
+
+    Args:
+        address: path of the socket to create.
+        parent: pid of the process to outlive no longer (Snakemake).
+        log_stream: text stream for one line per event (default: stderr).
+    """
+    log = _Log(log_stream or sys.stderr)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    os.chmod(address, 0o600)
+    listener.listen(64)
+    # Bound before the imports: callers that connect meanwhile wait in the backlog.
+    # Some modules set variables while they are imported; compare requests with
+    # the environment the imports saw.
+    environment = dict(os.environ)
+    started = time.perf_counter()
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    if "jax" in sys.modules:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            raise RuntimeError("a JAX backend started while importing; forking would be unsafe")
+    log(f"imported {len(PRELOAD)} modules in {time.perf_counter() - started:.2f} s; "
+        f"serving on {address}")
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    # pid -> (caller's socket, start time, argv, time to kill it or None)
+    children: dict[int, tuple] = {}
+    try:
+        while not stopping:
+            if parent is not None and os.getppid() != parent:
+                log("the process that started the worker exited; stopping")
+                break
+            watched = [listener] + [entry[0] for entry in children.values() if entry[3] is None]
+            try:
+                readable, _, _ = select.select(watched, [], [], 0.2)
+            except InterruptedError:
+                continue
+            for ready in readable:
+                if ready is listener:
+                    _accept(listener, environment, children, log)
+                else:
+                    _check_caller(ready, children, log)
+            _reap(children, log)
+    finally:
+        for pid in list(children):
+            _kill(pid, children)
+        while children:
+            _reap(children, log)
+            time.sleep(0.05)
+        listener.close()
+        try:
+            os.unlink(address)
+        except OSError:
+            pass
+        log("stopped")
+
+
+def _accept(listener, environment: dict, children: dict, log) -> None:
+    connection, _ = listener.accept()
+    fds: list[int] = []
+    try:
+        connection.settimeout(10)
+        request, fds = _receive_request(connection)
+        connection.settimeout(None)
+        reason = _refusal(request, environment)
+        if reason:
+            log(f"refused lmcpipe {' '.join(request.get('argv', []))}: {reason}")
+            _send(connection, {"refused": reason})
+            connection.close()
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _run_child(request, fds, worker=os.getppid())
+        children[pid] = (connection, time.perf_counter(), request["argv"], None)
+        log(f"pid {pid}: lmcpipe {' '.join(request['argv'])} (in {request['cwd']})")
+        _send(connection, {"accepted": pid})
+    except (OSError, ValueError) as error:
+        log(f"dropped a request: {error}")
+        connection.close()
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _receive_request(connection) -> tuple[dict, list[int]]:
+    data, fds, _, _ = socket.recv_fds(connection, 65536, 3)
+    if len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("a request must carry three stream descriptors")
+    while len(data) < _HEADER.size:
+        chunk = connection.recv(65536)
+        if not chunk:
+            raise ValueError("truncated request")
+        data += chunk
+    (size,) = _HEADER.unpack_from(data)
+    if size > _MAX_REQUEST:
+        raise ValueError(f"request of {size} bytes")
+    while len(data) < _HEADER.size + size:
+        chunk = connection.recv(65536)
+        if not chunk:
+            raise ValueError("truncated request")
+        data += chunk
+    return json.loads(data[_HEADER.size:_HEADER.size + size]), list(fds)
+
+
+def _refusal(request: dict, environment: dict) -> str | None:
+    if not isinstance(request.get("argv"), list) or not isinstance(request.get("env"), dict):
+        return "malformed request"
+    if request.get("prefix") != sys.prefix:
+        return f"another Python installation ({request.get('prefix')})"
+    if request.get("package") != _package_folder():
+        return f"another copy of lmcpipe ({request.get('package')})"
+    env = request["env"]
+    for name in THREAD_COUNT_VARS:
+        if env.get(name, "1").strip().isdigit() is False:
+            return f"{name}={env[name]!r} is not a whole number"
+    names = {
+        name for name in (*env, *environment)
+        if name.startswith(IMPORT_TIME_PREFIXES) and name not in THREAD_COUNT_VARS
+    }
+    differing = sorted(name for name in names if env.get(name) != environment.get(name))
+    if differing:
+        return "environment differs in variables read at import: " + ", ".join(differing)
+    return None
+
+
+def _send(connection, message: dict) -> None:
+    connection.sendall((json.dumps(message) + "\n").encode())
+
+
+def _run_child(request: dict, fds: list[int], worker: int) -> None:
+    """Run the request's command in this forked child and exit with its status."""
+    status = 1
+    try:
+        _die_with(worker)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        # The inherited sockets (listener, other callers) must close here, or a
+        # caller's exit would go unnoticed while this child holds its socket open.
+        os.closerange(3, 1 << 16)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["lmcpipe", *request["argv"]]
+        limits = _limit_threads(request["env"])  # noqa: F841 - holds the limits until exit
+        from lmcpipe.cli import main
+
+        status = main(request["argv"])
+    except SystemExit as exit_:
+        if isinstance(exit_.code, int) or exit_.code is None:
+            status = exit_.code or 0
+        else:
+            print(exit_.code, file=sys.stderr)
+            status = 1
+    except BaseException:  # noqa: BLE001 - report anything, then exit with 1
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+
+
+def _limit_threads(env: dict):
+    """Apply the request's BLAS and OpenMP thread counts to the loaded libraries."""
+    limits = {}
+    for name, api in THREAD_COUNT_VARS.items():
+        if name in env:
+            limits[api] = min(limits.get(api, 1 << 30), max(int(env[name]), 1))
+    if not limits:
+        return None
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=limits)
+
+
+def _die_with(worker: int) -> None:
+    """Have the kernel kill this process when the worker dies (Linux only)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != worker:
+        os._exit(1)
+
+
+def _check_caller(connection, children: dict, log) -> None:
+    """A caller's socket became readable: it sent nothing more, so it has gone."""
+    for pid, (owned, _, argv, kill_at) in list(children.items()):
+        if owned is connection and kill_at is None:
+            try:
+                data = connection.recv(1, socket.MSG_PEEK)
+            except OSError:
+                data = b""
+            if not data:
+                log(f"pid {pid}: caller gone, stopping lmcpipe {' '.join(argv)}")
+                _kill(pid, children)
+            return
+
+
+def _kill(pid: int, children: dict) -> None:
+    """Ask a child to stop; :func:`_reap` kills it if it still runs 5 s later."""
+    connection, started, argv, _ = children[pid]
+    children[pid] = (connection, started, argv, time.monotonic() + 5)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(children: dict, log) -> None:
+    """Report each finished child's exit status to its caller."""
+    for pid, (connection, started, argv, kill_at) in list(children.items()):
+        try:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, raw = pid, 1 << 8
+        if not done:
+            if kill_at is not None and time.monotonic() > kill_at:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            continue
+        status = os.waitstatus_to_exitcode(raw)
+        if status < 0:  # killed by a signal: report it as a shell does
+            status = 128 - status
+        del children[pid]
+        log(f"pid {pid}: exit {status} after {time.perf_counter() - started:.2f} s")
+        try:
+            _send(connection, {"exit": status})
+        except OSError:
+            pass
+        connection.close()
+
+
+# Starting and stopping from the workflow -----------------------------------
+
+
+class Worker:
+    """A running worker started by :func:`start`."""
+
+    def __init__(self, process, address: str, folder: str):
+        self.process = process
+        self.address = address
+        self.folder = folder
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker and remove its socket folder."""
+        import shutil
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if os.environ.get(ADDRESS_ENV_VAR) == self.address:
+            del os.environ[ADDRESS_ENV_VAR]
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start(log_path: str | os.PathLike, timeout: float = 30.0) -> Worker | None:
+    """Start a worker for this process's ``lmcpipe`` commands.
+
+    Sets ``$LMCPIPE_WORKER`` in this process's environment, so that commands
+    started from here after the call (Snakemake's jobs) use the worker.
+
+    Returns:
+        The worker, or None when it did not come up within ``timeout``
+        seconds (the commands then run in their own processes).
+    """
+    import subprocess
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="lmcpipe-worker-")
+    address = os.path.join(folder, "socket")
+    log_path = os.fspath(log_path)
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lmcpipe.worker", address, "--parent", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = Worker(process, address, folder)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(address):
+        if process.poll() is not None or time.monotonic() > deadline:
+            worker.stop()
+            return None
+        time.sleep(0.02)
+    os.environ[ADDRESS_ENV_VAR] = address
+    return worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lmcpipe.worker",
+        description="Serve lmcpipe commands from one process that has imported their "
+        "dependencies (started by the workflow; see lmcpipe.worker).",
+    )
+    parser.add_argument("address", help="path of the Unix socket to create")
+    parser.add_argument("--parent", type=int, help="stop when this process exits")
+    args = parser.parse_args(argv)
+    serve(args.address, args.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

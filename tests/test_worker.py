@@ -1,0 +1,193 @@
+"""The worker that runs ``lmcpipe`` commands in forked children (lmcpipe.worker)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lmcpipe import worker as worker_module
+from lmcpipe.cli import main
+
+BOUNDS = ["bounds", "--epsilon", "0.1", "--input-dim", "64"]
+# A training run long enough to be stopped halfway.
+LONG_TRAIN = [
+    "train", "--spec",
+    '{"dataset": "digits", "depth": 1, "width": 256, "lr": 0.01, "epochs": 3000, '
+    '"batch_size": 32, "warmup_steps": 10}',
+    "--seeds", "0", "--checkpoint-every", "1000",
+]
+
+
+@pytest.fixture(scope="module")
+def running_worker(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("worker")
+    saved = os.environ.get(worker_module.ADDRESS_ENV_VAR)
+    worker = worker_module.start(folder / "worker.log")
+    assert worker is not None, (folder / "worker.log").read_text()
+    address = os.environ.pop(worker_module.ADDRESS_ENV_VAR)
+    if saved is not None:
+        os.environ[worker_module.ADDRESS_ENV_VAR] = saved
+    yield worker, address, folder / "worker.log"
+    worker.stop()
+
+
+def lmcpipe(args, address, cwd, extra_env=None, **kwargs):
+    env = {**os.environ, worker_module.ADDRESS_ENV_VAR: address, **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "lmcpipe", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def served(log_path, command):
+    """Return the pids of the worker's children that ran ``lmcpipe COMMAND``."""
+    return [int(pid) for pid in re.findall(rf"pid (\d+): lmcpipe {command}\b", log_path.read_text())]
+
+
+def test_command_runs_in_worker_with_callers_streams(running_worker, tmp_path):
+    _, address, log_path = running_worker
+    result = lmcpipe([*BOUNDS, "--out", "bounds.parquet"], address, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "bounds: finished" in result.stderr
+    # The output is relative to the caller's folder, and the same as in a process of its own.
+    assert (tmp_path / "bounds.parquet").exists()
+    alone = subprocess.run([sys.executable, "-m", "lmcpipe", *BOUNDS], capture_output=True,
+                           text=True, env={k: v for k, v in os.environ.items()
+                                           if k != worker_module.ADDRESS_ENV_VAR})
+    assert result.stdout == alone.stdout and result.stdout.strip()
+    assert served(log_path, "bounds")
+
+
+def test_exit_status_and_error_come_back(running_worker, tmp_path):
+    _, address, log_path = running_worker
+    before = len(served(log_path, "extract"))
+    result = lmcpipe(["extract", "missing.npz", "--out", "x.parquet"], address, tmp_path)
+    assert result.returncode == 2
+    assert "lmcpipe extract: error: missing.npz" in result.stderr
+    assert len(served(log_path, "extract")) == before + 1
+
+
+def test_request_with_other_import_time_environment_runs_alone(running_worker, tmp_path):
+    _, address, log_path = running_worker
+    result = lmcpipe(BOUNDS, address, tmp_path, {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"})
+    assert result.returncode == 0, result.stderr
+    assert "differs in variables read at import: XLA_FLAGS" in log_path.read_text()
+
+
+def test_without_a_worker_the_command_runs_alone(tmp_path):
+    result = lmcpipe(BOUNDS, str(tmp_path / "no-socket"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ε" in result.stdout or "epsilon" in result.stdout
+
+
+def test_python_calls_never_use_the_worker(running_worker, monkeypatch, capsys):
+    monkeypatch.setenv(worker_module.ADDRESS_ENV_VAR, running_worker[1])
+    calls = []
+    monkeypatch.setattr(worker_module, "run_in_worker", lambda argv: calls.append(argv))
+    assert main(BOUNDS) == 0
+    assert calls == []
+
+
+def test_caller_killed_stops_the_child(running_worker, tmp_path):
+    _, address, log_path = running_worker
+    env = {**os.environ, worker_module.ADDRESS_ENV_VAR: address}
+    caller = subprocess.Popen([sys.executable, "-m", "lmcpipe", *LONG_TRAIN, "--out-dir", "run"],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: served(log_path, "train")), log_path.read_text()
+    child = served(log_path, "train")[-1]
+    caller.kill()
+    caller.wait()
+    assert wait_for(lambda: f"pid {child}: caller gone" in log_path.read_text(), 20)
+    assert wait_for(lambda: not Path(f"/proc/{child}").exists(), 20)
+    assert re.search(rf"pid {child}: exit {128 + signal.SIGTERM}", log_path.read_text())
+
+
+def test_worker_death_fails_the_caller_and_kills_the_child(tmp_path):
+    saved = os.environ.get(worker_module.ADDRESS_ENV_VAR)
+    worker = worker_module.start(tmp_path / "worker.log")
+    address = os.environ.pop(worker_module.ADDRESS_ENV_VAR)
+    if saved is not None:
+        os.environ[worker_module.ADDRESS_ENV_VAR] = saved
+    try:
+        env = {**os.environ, worker_module.ADDRESS_ENV_VAR: address}
+        caller = subprocess.Popen([sys.executable, "-m", "lmcpipe", *LONG_TRAIN, "--out-dir", "run"],
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        log_path = tmp_path / "worker.log"
+        assert wait_for(lambda: served(log_path, "train")), log_path.read_text()
+        child = served(log_path, "train")[-1]
+        worker.process.kill()
+        _, stderr = caller.communicate(timeout=60)
+        assert caller.returncode == 1
+        assert "stopped before it finished" in stderr
+        # The step never runs on behind the caller's back.
+        assert wait_for(lambda: not Path(f"/proc/{child}").exists() or
+                        Path(f"/proc/{child}/stat").read_text().split()[2] == "Z", 20)
+    finally:
+        worker.stop()
+
+
+def test_worker_stops_when_its_parent_exits(tmp_path):
+    address = tmp_path / "socket"
+    parent = subprocess.Popen([
+        sys.executable, "-c",
+        "import os, subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-m', 'lmcpipe.worker', {str(address)!r}, "
+        "'--parent', str(os.getpid())], start_new_session=True); time.sleep(2)",
+    ])
+    assert wait_for(address.exists, 30)
+    parent.wait(timeout=60)
+    # The socket goes once the worker has noticed that its parent is gone.
+    assert wait_for(lambda: not address.exists(), 60)
+
+
+def test_thread_counts_apply_to_loaded_libraries():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numpy  # noqa: F401 - loads the BLAS library
+
+    limiter = worker_module._limit_threads({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    try:
+        blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and all(pool["num_threads"] == 1 for pool in blas)
+    finally:
+        limiter.restore_original_limits()
+    assert worker_module._limit_threads({}) is None
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"env": {"JAX_PLATFORMS": "cuda"}}, "JAX_PLATFORMS"),
+    ({"env": {"OMP_NUM_THREADS": "two"}}, "not a whole number"),
+    ({"prefix": "/elsewhere"}, "another Python installation"),
+    ({"package": "/elsewhere/lmcpipe"}, "another copy of lmcpipe"),
+    ({"argv": "train"}, "malformed"),
+])
+def test_refusals(change, reason):
+    environment = {"PATH": "/bin"}
+    request = {"argv": ["train"], "env": dict(environment), "prefix": sys.prefix,
+               "package": worker_module._package_folder()}
+    assert worker_module._refusal(request, environment) is None
+    request = {**request, **change}
+    if "env" in change:
+        request["env"] = {**environment, **change["env"]}
+    assert reason in worker_module._refusal(request, environment)
+
+
+def test_thread_counts_alone_are_no_reason_to_refuse():
+    environment = {"PATH": "/bin"}
+    request = {"argv": ["train"], "env": {**environment, "OMP_NUM_THREADS": "1",
+                                          "OPENBLAS_NUM_THREADS": "1", "LMCPIPE_WORKER": "/x"},
+               "prefix": sys.prefix, "package": worker_module._package_folder()}
+    assert worker_module._refusal(request, environment) is None
