@@ -41,6 +41,7 @@ caller side runs before every command.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -187,11 +188,21 @@ def serve(address: str, parent: int | None = None, log_stream=None) -> None:
 
         if xla_bridge.backends_are_initialized():
             raise RuntimeError("a JAX backend started while importing; forking would be unsafe")
+    # Children then leave the imported objects to the worker's permanent
+    # generation: their garbage collections do not touch (and copy) those pages.
+    gc.freeze()
     log(f"imported {len(PRELOAD)} modules in {time.perf_counter() - started:.2f} s; "
         f"serving on {address}")
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    # A child's exit wakes the loop at once through this pipe, instead of at
+    # the next timeout.
+    wakeup, wakeup_writer = os.pipe()
+    os.set_blocking(wakeup, False)
+    os.set_blocking(wakeup_writer, False)
+    signal.set_wakeup_fd(wakeup_writer)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
     # pid -> (caller's socket, start time, argv, time to kill it or None)
     children: dict[int, tuple] = {}
     try:
@@ -199,13 +210,15 @@ def serve(address: str, parent: int | None = None, log_stream=None) -> None:
             if parent is not None and os.getppid() != parent:
                 log("the process that started the worker exited; stopping")
                 break
-            watched = [listener] + [entry[0] for entry in children.values() if entry[3] is None]
+            watched = [listener, wakeup] + [entry[0] for entry in children.values() if entry[3] is None]
             try:
-                readable, _, _ = select.select(watched, [], [], 0.2)
+                readable, _, _ = select.select(watched, [], [], 0.5)
             except InterruptedError:
                 continue
             for ready in readable:
-                if ready is listener:
+                if ready == wakeup:
+                    _drain(wakeup)
+                elif ready is listener:
                     _accept(listener, environment, children, log)
                 else:
                     _check_caller(ready, children, log)
@@ -222,6 +235,14 @@ def serve(address: str, parent: int | None = None, log_stream=None) -> None:
         except OSError:
             pass
         log("stopped")
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _accept(listener, environment: dict, children: dict, log) -> None:
@@ -305,8 +326,9 @@ def _run_child(request: dict, fds: list[int], worker: int) -> None:
     status = 1
     try:
         _die_with(worker)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(number, signal.SIG_DFL)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         # The inherited sockets (listener, other callers) must close here, or a
