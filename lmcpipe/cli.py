@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder that receives seed<k>/params.npz and seed<k>/history.parquet")
     train.add_argument("--execution", choices=["auto", "vmap", "loop"], default="auto",
                        help="train the seeds in one program with jax.vmap, or one after "
-                       "another (default: auto, which is vmap)")
+                       "another (default: auto, which is vmap on a GPU or TPU and, on a CPU, "
+                       "vmap for small models and loop for large ones)")
     train.add_argument("--checkpoint-every", type=int, default=1,
                        help="save the resumable training state every N epochs (default: 1)")
     train.add_argument("--on-divergence", choices=["exclude", "error"], default="exclude",

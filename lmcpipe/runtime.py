@@ -7,9 +7,10 @@ the JAX, jaxlib and backend versions. A later process that compiles the same
 program loads it from there instead. In a study this saves the compilation
 of a rerun job, and of the ``barrier``, ``align`` and ``wasserstein`` jobs of
 a setting whose programs have the same shapes as an earlier setting's,
-because the learning rate is not part of those programs. Training programs
-carry the learning-rate schedule as constants, so only a rerun of the same
-setting reuses them.
+because the learning rate is not part of those programs. The training
+programs take the learning rate, momentum and warmup initial learning rate
+as arguments, so the ``train`` jobs of settings that differ only in those
+share their programs too.
 """
 
 from __future__ import annotations

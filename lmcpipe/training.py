@@ -5,18 +5,34 @@ seed index gives the run key, split into an initialisation key and a
 data-order key, so the members of a pair differ in both. The data-order key
 is folded with the epoch index to shuffle each epoch.
 
-One epoch is one compiled program (``lax.scan`` over the SGD steps) with the
-data on the device. By default all seeds of a setting are trained in one
-program with ``jax.vmap``, the main speed-up on a GPU. On a 2-core CPU it was
-also faster for the digits MLPs (3 seeds, 30 epochs: 1.3 s against 2.2 s for
-a loop at width 16, 1.8 s against 2.2 s at width 512), so ``"auto"`` uses it
-on every backend; ``vectorize=False`` keeps the loop, which needs memory for
-one seed only.
+A training job compiles three XLA programs: the initial state of all seeds
+(parameters, optimizer state and data-order keys), one epoch (``lax.scan``
+over the SGD steps, with the data on the device), and the evaluation on both
+splits. The learning rate, momentum, warmup initial learning rate and random
+seed are arguments of these programs, not constants, so settings that differ
+only in those share the programs, within a process and through the
+persistent compilation cache (:mod:`lmcpipe.runtime`).
+
+The seeds of a setting train either in one program with ``jax.vmap`` or one
+after another (the loop), which needs activation memory for one seed only.
+``vectorize="auto"`` (:func:`resolve_vectorize`) picks vmap on a GPU or
+TPU, where it is the main speed-up. On a CPU it picks vmap when one seed's
+SGD step costs fewer than ``CPU_VMAP_MAX_STEP_FLOPS`` (100 MFLOP) matmul
+FLOPs, and the loop otherwise. Measured on a 2-core CPU under load from
+other jobs (run time without compilation, median of 7 interleaved calls,
+3 or 4 seeds): vmap was 23 % faster at 0.3 MFLOP per step (64-16-10, batch
+64) and 4 % faster at 52 MFLOP (784-256-10, batch 64). The loop was 6 %
+faster at 209 MFLOP (784-512-10, batch 128) and at 2.4 GFLOP
+(784-512-512-512-10, batch 500). At 10 MFLOP (64-512-10, batch 64) and 310
+MFLOP (784-256-256-10, batch 256) the two were within 1 %, which is noise.
+NOTE: the threshold comes from one CPU model. On other CPUs the crossover
+may lie elsewhere, and ``vectorize=True`` or ``False`` overrides the rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -27,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from lmcpipe.data import Dataset
 from lmcpipe.models import init_params, loss_and_correct
@@ -37,6 +54,9 @@ log = logging.getLogger(__name__)
 STATUS_OK = "ok"
 STATUS_DIVERGED = "diverged"
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+# On the CPU, vectorize="auto" trains the seeds with vmap when one seed's SGD step
+# costs fewer matmul FLOPs than this (see resolve_vectorize).
+CPU_VMAP_MAX_STEP_FLOPS = 100e6
 
 
 @dataclasses.dataclass
@@ -51,7 +71,10 @@ class TrainResult:
 
 def seed_keys(spec: TrainSpec, seed: int) -> tuple[jax.Array, jax.Array]:
     """Return ``(init_key, order_key)`` of seed index ``seed``."""
-    run_key = jax.random.fold_in(jax.random.key(spec.random_seed), seed)
+    return _split_run_key(jax.random.fold_in(jax.random.key(spec.random_seed), seed))
+
+
+def _split_run_key(run_key: jax.Array) -> tuple[jax.Array, jax.Array]:
     init_key, order_key = jax.random.split(run_key)
     return init_key, order_key
 
@@ -65,11 +88,23 @@ def steps_per_epoch(spec: TrainSpec, n_train: int) -> int:
     return steps
 
 
-def make_optimizer(spec: TrainSpec, n_train: int) -> optax.GradientTransformation:
+def make_optimizer(
+    spec: TrainSpec,
+    n_train: int,
+    lr: ArrayLike | None = None,
+    momentum: ArrayLike | None = None,
+    warmup_init_lr: ArrayLike | None = None,
+) -> optax.GradientTransformation:
     """Return SGD with momentum under a warmup-cosine schedule.
 
     The learning rate rises linearly from ``warmup_init_lr`` to ``lr`` over
-    ``warmup_steps`` steps, then follows a cosine decay to 0 at the last step.
+    ``warmup_steps`` steps, then follows a cosine decay to 0 at the last step
+    (the schedule of ``optax.warmup_cosine_decay_schedule``).
+
+    ``lr``, ``momentum`` and ``warmup_init_lr`` default to the spec's values
+    and may be traced scalars, so that a compiled program takes them as
+    arguments. ``spec.momentum`` still decides whether the optimizer has a
+    momentum buffer, because that changes the optimizer state's structure.
     """
     total = spec.epochs * steps_per_epoch(spec, n_train)
     if spec.warmup_steps >= total:
@@ -77,21 +112,56 @@ def make_optimizer(spec: TrainSpec, n_train: int) -> optax.GradientTransformatio
             f"warmup_steps={spec.warmup_steps} must be below the {total} "
             "training steps"
         )
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=spec.warmup_init_lr,
-        peak_value=spec.lr,
-        warmup_steps=spec.warmup_steps,
-        decay_steps=total,
-        end_value=0.0,
+    lr = spec.lr if lr is None else lr
+    momentum = spec.momentum if momentum is None else momentum
+    warmup_init_lr = spec.warmup_init_lr if warmup_init_lr is None else warmup_init_lr
+    # optax.warmup_cosine_decay_schedule compares peak_value with 0 in Python,
+    # which a traced lr does not allow, so its two parts are joined here.
+    schedule = optax.join_schedules(
+        [
+            optax.linear_schedule(warmup_init_lr, lr, spec.warmup_steps),
+            optax.cosine_decay_schedule(lr, total - spec.warmup_steps, alpha=0.0),
+        ],
+        [spec.warmup_steps],
     )
-    return optax.sgd(schedule, momentum=spec.momentum or None)
+    return optax.sgd(schedule, momentum=momentum if spec.momentum else None)
 
 
-def _make_programs(spec: TrainSpec, optimizer: optax.GradientTransformation, n_train: int):
-    """Return the un-jitted epoch and evaluation functions of one seed."""
+def _hyperparameters(spec: TrainSpec) -> dict[str, np.ndarray]:
+    """Return the spec's scalars that the compiled training programs take as arguments."""
+    return {
+        "lr": np.float32(spec.lr),
+        "momentum": np.float32(spec.momentum),
+        "warmup_init_lr": np.float32(spec.warmup_init_lr),
+    }
+
+
+def _make_programs(spec: TrainSpec, n_train: int, input_dim: int, n_classes: int):
+    """Return the un-jitted initialisation, epoch and evaluation functions.
+
+    ``initialise`` builds the state of all seeds at once. ``epoch`` and
+    ``evaluate`` work on one seed. None of them depends on the learning rate,
+    the momentum or the warmup's initial learning rate, which ``epoch`` takes
+    as the argument ``hyperparameters``, so settings that differ only in
+    those share one compiled program.
+    """
     steps = steps_per_epoch(spec, n_train)
+    # Only the optimizer state's structure comes from here, not the scalars.
+    init_optimizer = make_optimizer(spec, n_train)
 
-    def epoch(params, opt_state, key, x, y):
+    def initialise(random_seed, seeds):
+        root_key = jax.random.key(random_seed)
+
+        def one_seed(seed):
+            init_key, order_key = _split_run_key(jax.random.fold_in(root_key, seed))
+            params = init_params(init_key, input_dim, spec.depth, spec.width, n_classes)
+            return params, init_optimizer.init(params), order_key
+
+        return jax.vmap(one_seed)(seeds)
+
+    def epoch(params, opt_state, order_key, epoch_index, hyperparameters, x, y):
+        optimizer = make_optimizer(spec, n_train, **hyperparameters)
+        key = jax.random.fold_in(order_key, epoch_index)
         order = jax.random.permutation(key, n_train)[: steps * spec.batch_size]
         batches = order.reshape(steps, spec.batch_size)
 
@@ -115,14 +185,121 @@ def _make_programs(spec: TrainSpec, optimizer: optax.GradientTransformation, n_t
             [train_loss.mean(), train_correct.mean(), test_loss.mean(), test_correct.mean()]
         )
 
-    return epoch, evaluate
+    return initialise, epoch, evaluate
 
 
-def resolve_vectorize(vectorize: str | bool) -> bool:
-    """Decide whether to train seeds with ``vmap``; ``"auto"`` means yes."""
-    if vectorize == "auto":
+def _compile_programs(spec: TrainSpec, n_train: int, input_dim: int, n_classes: int, use_vmap: bool):
+    """Jit the ``(initialise, epoch, evaluate)`` programs of one execution path.
+
+    Every leaf of the training state has a leading seed axis on both paths. With
+    ``use_vmap`` the epoch program trains all seeds at once. Without it, the
+    epoch program trains the seed at ``position`` and writes it back in
+    place, and evaluation runs the seeds one after another within one
+    program, so either needs memory for one seed's activations only.
+    """
+    initialise, epoch, evaluate = _make_programs(spec, n_train, input_dim, n_classes)
+    if use_vmap:
+        epoch_program = jax.jit(
+            jax.vmap(epoch, in_axes=(0, 0, 0, None, None, None, None)), donate_argnums=(0, 1)
+        )
+        evaluate_program = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None)))
+    else:
+
+        def epoch_at(params, opt_state, order_keys, position, epoch_index, hyperparameters, x, y):
+            def take(tree):
+                return jax.tree_util.tree_map(lambda leaf: leaf[position], tree)
+
+            def put(tree, new):
+                return jax.tree_util.tree_map(lambda leaf, value: leaf.at[position].set(value), tree, new)
+
+            new_params, new_opt_state = epoch(
+                take(params), take(opt_state), order_keys[position], epoch_index, hyperparameters, x, y
+            )
+            return put(params, new_params), put(opt_state, new_opt_state)
+
+        def evaluate_each(params, *data):
+            return jax.lax.map(lambda seed_params: evaluate(seed_params, *data), params)
+
+        epoch_program = jax.jit(epoch_at, donate_argnums=(0, 1))
+        evaluate_program = jax.jit(evaluate_each)
+    return jax.jit(initialise), epoch_program, evaluate_program
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_programs(depth, width, batch_size, epochs, warmup_steps, has_momentum,
+                     n_train, input_dim, n_classes, use_vmap):
+    # A stand-in spec with the fields the programs' shapes and structure depend on.
+    spec = TrainSpec("cached", depth, width, lr=1.0, epochs=epochs, batch_size=batch_size,
+                     momentum=0.9 if has_momentum else 0.0, warmup_steps=warmup_steps)
+    return _compile_programs(spec, n_train, input_dim, n_classes, use_vmap)
+
+
+def _programs_for(spec: TrainSpec, n_train: int, input_dim: int, n_classes: int, use_vmap: bool):
+    """Return the jitted programs of ``spec``, shared by settings of the same shapes in this process.
+
+    The key leaves out the learning rate, momentum, warmup initial learning
+    rate and random seed, which the programs take as arguments, so a second
+    setting that differs only in those reuses the compiled programs.
+    """
+    return _cached_programs(spec.depth, spec.width, spec.batch_size, spec.epochs,
+                            spec.warmup_steps, bool(spec.momentum), n_train, input_dim,
+                            n_classes, use_vmap)
+
+
+def sgd_step_flops(spec: TrainSpec, input_dim: int, n_classes: int) -> int:
+    """Return the matmul FLOPs of one seed's SGD step (forward and backward pass).
+
+    With ``B`` the batch size and ``(in, out)`` the shape of every Dense
+    kernel, the forward pass costs ``2 * B * sum(in * out)``, the kernel
+    gradients as much again, and the gradients of every layer's input except
+    the first layer's as much less ``2 * B * in_1 * out_1``. Bias,
+    activation, loss and optimizer work grows with the widths only and is
+    left out.
+    """
+    sizes = [input_dim] + [spec.width] * spec.depth + [n_classes]
+    products = [fan_in * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
+    return 6 * spec.batch_size * sum(products) - 2 * spec.batch_size * products[0]
+
+
+def resolve_vectorize(
+    vectorize: str | bool,
+    spec: TrainSpec,
+    input_dim: int,
+    n_classes: int,
+    n_seeds: int,
+    backend: str | None = None,
+) -> bool:
+    """Decide whether to train the seeds of ``spec`` in one ``vmap`` program.
+
+    ``True`` and ``False`` are obeyed as given, except that a single seed is
+    always trained alone. ``"auto"`` chooses vmap on every backend but the
+    CPU. On the CPU it chooses vmap when one seed's SGD step costs fewer
+    than :data:`CPU_VMAP_MAX_STEP_FLOPS` matmul FLOPs
+    (:func:`sgd_step_flops`), and the loop otherwise. ``backend`` defaults
+    to ``jax.default_backend()``. The choice and its reason are logged.
+    """
+    if isinstance(vectorize, str) and vectorize != "auto":
+        raise ValueError(f"vectorize must be 'auto', True or False, got {vectorize!r}")
+    if n_seeds < 2:
+        log.info("execution path: loop, because there is one seed")
+        return False
+    if vectorize != "auto":
+        use_vmap = bool(vectorize)
+        log.info("execution path: %s, as requested", "vmap" if use_vmap else "loop")
+        return use_vmap
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        log.info("execution path: vmap, the choice on every backend but the CPU (%s)", backend)
         return True
-    return bool(vectorize)
+    flops = sgd_step_flops(spec, input_dim, n_classes)
+    use_vmap = flops < CPU_VMAP_MAX_STEP_FLOPS
+    log.info(
+        "execution path: %s, because one seed's SGD step costs %.3g FLOPs, %s the "
+        "CPU threshold of %.3g",
+        "vmap" if use_vmap else "loop", flops, "below" if use_vmap else "at or above",
+        CPU_VMAP_MAX_STEP_FLOPS,
+    )
+    return use_vmap
 
 
 class TrainingDiverged(ValueError):
@@ -219,34 +396,21 @@ def train_seeds(
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     n_train = dataset.x_train.shape[0]
-    optimizer = make_optimizer(spec, n_train)
-    epoch, evaluate = _make_programs(spec, optimizer, n_train)
+    use_vmap = resolve_vectorize(vectorize, spec, dataset.input_dim, dataset.n_classes, len(seeds))
+    initialise, epoch_program, evaluate_program = _programs_for(
+        spec, n_train, dataset.input_dim, dataset.n_classes, use_vmap
+    )
+    hyperparameters = _hyperparameters(spec)
     data = tuple(
         jax.device_put(array)
         for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
     )
-    keys = [seed_keys(spec, seed) for seed in seeds]
-    order_keys = jnp.stack([order_key for _, order_key in keys])
-    initial = [
-        init_params(init_key, dataset.input_dim, spec.depth, spec.width, dataset.n_classes)
-        for init_key, _ in keys
-    ]
-    params = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *initial)
-    use_vmap = resolve_vectorize(vectorize) and len(seeds) > 1
     log.info(
         "training %d seed(s) of %s on %s, %s",
         len(seeds), spec.to_json(), jax.default_backend(),
         "vectorized with vmap" if use_vmap else "one seed at a time",
     )
-    # One compilation serves every seed and epoch: the programs are jitted once here.
-    if use_vmap:
-        epoch_program = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, None, None)), donate_argnums=(0, 1))
-        evaluate_program = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None)))
-        opt_state = jax.vmap(optimizer.init)(params)
-    else:
-        epoch_program = jax.jit(epoch, donate_argnums=(0, 1))
-        evaluate_program = jax.jit(evaluate)
-        opt_state = jax.vmap(optimizer.init)(params)
+    params, opt_state, order_keys = initialise(np.int64(spec.random_seed), np.asarray(seeds, np.int32))
     state = _State(params, opt_state, 0, [{name: [] for name in HISTORY_COLUMNS} for _ in seeds], {})
     meta = _state_meta(spec, seeds, use_vmap)
     resume_path = Path(resume_path) if resume_path is not None else None
@@ -254,21 +418,25 @@ def train_seeds(
     if loaded is not None:
         state = loaded
     else:
-        metrics = _evaluate_all(state.params, evaluate_program, data, use_vmap, len(seeds))
+        metrics = np.asarray(evaluate_program(state.params, *data))
         for position in range(len(seeds)):
             _history_row(state.histories[position], 0, metrics[position])
     for index in range(state.epoch + 1, spec.epochs + 1):
-        epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(order_keys, index)
+        epoch_index = np.int32(index)
         if use_vmap:
             state.params, state.opt_state = epoch_program(
-                state.params, state.opt_state, epoch_keys, data[0], data[1]
+                state.params, state.opt_state, order_keys, epoch_index, hyperparameters, data[0], data[1]
             )
         else:
-            state.params, state.opt_state = _loop_epoch(
-                epoch_program, state, epoch_keys, data, len(seeds)
-            )
+            # A diverged seed is skipped and keeps its parameters.
+            for position in range(len(seeds)):
+                if position not in state.diverged:
+                    state.params, state.opt_state = epoch_program(
+                        state.params, state.opt_state, order_keys, np.int32(position),
+                        epoch_index, hyperparameters, data[0], data[1],
+                    )
         state.epoch = index
-        metrics = _evaluate_all(state.params, evaluate_program, data, use_vmap, len(seeds))
+        metrics = np.asarray(evaluate_program(state.params, *data))
         for position, seed in enumerate(seeds):
             if position in state.diverged:
                 continue
@@ -299,29 +467,6 @@ def train_seeds(
         )
         for position, seed in enumerate(seeds)
     ]
-
-
-def _loop_epoch(epoch_program, state: _State, epoch_keys, data, n_seeds: int):
-    """Run one epoch seed after seed; a diverged seed keeps its parameters."""
-    params, opt_states = [], []
-    for position in range(n_seeds):
-        seed_params = jax.tree_util.tree_map(lambda leaf: leaf[position], state.params)
-        seed_opt = jax.tree_util.tree_map(lambda leaf: leaf[position], state.opt_state)
-        if position not in state.diverged:
-            seed_params, seed_opt = epoch_program(seed_params, seed_opt, epoch_keys[position], data[0], data[1])
-        params.append(seed_params)
-        opt_states.append(seed_opt)
-    stack = lambda trees: jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
-    return stack(params), stack(opt_states)
-
-
-def _evaluate_all(params, evaluate_program, data, use_vmap: bool, n_seeds: int) -> np.ndarray:
-    if use_vmap:
-        return np.asarray(evaluate_program(params, *data))
-    return np.stack([
-        np.asarray(evaluate_program(jax.tree_util.tree_map(lambda leaf: leaf[p], params), *data))
-        for p in range(n_seeds)
-    ])
 
 
 def _history_row(history: dict[str, list], epoch_index: int, metrics: np.ndarray) -> None:

@@ -1,7 +1,12 @@
+import dataclasses
+import logging
+
 import jax
 import numpy as np
 import pytest
 
+from lmcpipe import training
+from lmcpipe.models import init_params
 from lmcpipe.spec import TrainSpec
 from lmcpipe.training import STATUS_DIVERGED, STATUS_OK, seed_keys, train_seeds
 
@@ -57,3 +62,117 @@ def test_batch_larger_than_data_rejected(digits):
     spec = TrainSpec("digits", 1, 16, 0.1, epochs=1, batch_size=5000)
     with pytest.raises(ValueError, match="exceeds the 1437 training examples"):
         train_seeds(spec, [0], digits)
+
+
+def _count_compilations(function):
+    """Call ``function`` and return the number of XLA compilations it caused."""
+    count = 0
+
+    def listen(event, duration, **kwargs):
+        nonlocal count
+        if event == "/jax/core/compile/backend_compile_duration":
+            count += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        function()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return count
+
+
+def _epoch_program_text(spec, digits, width=8):
+    spec = dataclasses.replace(spec, width=width)
+    n_train = digits.x_train.shape[0]
+    initialise, epoch, _ = training._compile_programs(spec, n_train, digits.input_dim, digits.n_classes, True)
+    params, opt_state, order_keys = initialise(np.int64(spec.random_seed), np.arange(2, dtype=np.int32))
+    lowered = epoch.lower(params, opt_state, order_keys, np.int32(1), training._hyperparameters(spec),
+                          digits.x_train, digits.y_train)
+    return lowered.as_text(debug_info=False)
+
+
+def test_epoch_program_independent_of_scalars(digits):
+    first = TrainSpec("digits", 1, 8, 0.05, epochs=2, batch_size=128)
+    second = dataclasses.replace(first, lr=0.1, momentum=0.5, warmup_init_lr=1e-4, random_seed=3)
+    text = _epoch_program_text(first, digits)
+    assert text == _epoch_program_text(second, digits)
+    # Control: a change of shape does change the program.
+    assert text != _epoch_program_text(first, digits, width=16)
+
+
+def test_second_lr_reuses_compiled_programs(digits):
+    first = TrainSpec("digits", 1, 8, 0.05, epochs=2, batch_size=128)
+    second = dataclasses.replace(first, lr=0.2)
+    for vectorize in (True, False):
+        before = train_seeds(first, [0, 1], digits, vectorize=vectorize)
+        results = []
+        assert _count_compilations(
+            lambda: results.extend(train_seeds(second, [0, 1], digits, vectorize=vectorize))
+        ) == 0
+        assert not np.array_equal(before[0].params["hidden_0"]["kernel"], results[0].params["hidden_0"]["kernel"])
+        # A fresh compilation gives the same result, so the shared program did use lr=0.2.
+        jax.clear_caches()
+        training._cached_programs.cache_clear()
+        fresh = train_seeds(second, [0, 1], digits, vectorize=vectorize)
+        for cached, recompiled in zip(results, fresh):
+            np.testing.assert_array_equal(cached.params["hidden_0"]["kernel"],
+                                          recompiled.params["hidden_0"]["kernel"])
+            assert cached.history == recompiled.history
+
+
+def test_initial_parameters_follow_seed_keys(digits):
+    spec = TrainSpec("digits", 2, 16, 0.05, epochs=1, batch_size=128, random_seed=7)
+    initialise, _, _ = training._compile_programs(
+        spec, digits.x_train.shape[0], digits.input_dim, digits.n_classes, True
+    )
+    params, _, order_keys = initialise(np.int64(spec.random_seed), np.array([0, 4], np.int32))
+    for position, seed in enumerate([0, 4]):
+        init_key, order_key = seed_keys(spec, seed)
+        expected = init_params(init_key, digits.input_dim, spec.depth, spec.width, digits.n_classes)
+        for layer in expected:
+            for name in expected[layer]:
+                np.testing.assert_array_equal(params[layer][name][position], expected[layer][name])
+        np.testing.assert_array_equal(jax.random.key_data(order_keys[position]),
+                                      jax.random.key_data(order_key))
+
+
+def test_sgd_step_flops_of_reference_model():
+    spec = TrainSpec("random", 3, 512, 0.01, epochs=1, batch_size=500)
+    # 6 * 500 * (784*512 + 2*512*512 + 512*10) - 2 * 500 * 784*512
+    assert training.sgd_step_flops(spec, 784, 10) == 2_391_040_000
+
+
+@pytest.mark.parametrize(
+    ("vectorize", "width", "n_seeds", "backend", "expected"),
+    [
+        (True, 8, 3, "cpu", True),
+        (False, 8, 3, "gpu", False),
+        (True, 8, 1, "gpu", False),
+        ("auto", 8, 3, "gpu", True),
+        ("auto", 4096, 3, "gpu", True),
+        ("auto", 8, 3, "tpu", True),
+        ("auto", 8, 3, "cpu", True),
+        ("auto", 4096, 3, "cpu", False),
+    ],
+)
+def test_resolve_vectorize(vectorize, width, n_seeds, backend, expected):
+    spec = TrainSpec("random", 3, width, 0.01, epochs=1, batch_size=500)
+    assert training.resolve_vectorize(vectorize, spec, 784, 10, n_seeds, backend) is expected
+
+
+def test_resolve_vectorize_cpu_threshold(caplog):
+    below = TrainSpec("digits", 1, 512, 0.1, epochs=40, batch_size=64)
+    above = TrainSpec("random", 3, 512, 0.01, epochs=1, batch_size=500)
+    assert training.sgd_step_flops(below, 64, 10) < training.CPU_VMAP_MAX_STEP_FLOPS
+    assert training.sgd_step_flops(above, 784, 10) >= training.CPU_VMAP_MAX_STEP_FLOPS
+    with caplog.at_level(logging.INFO, logger="lmcpipe.training"):
+        assert training.resolve_vectorize("auto", below, 64, 10, 3, "cpu") is True
+        assert training.resolve_vectorize("auto", above, 784, 10, 4, "cpu") is False
+    assert "execution path: vmap, because one seed's SGD step costs" in caplog.text
+    assert "execution path: loop, because one seed's SGD step costs" in caplog.text
+
+
+def test_resolve_vectorize_rejects_unknown_value():
+    spec = TrainSpec("digits", 1, 8, 0.1, epochs=1, batch_size=64)
+    with pytest.raises(ValueError, match="vectorize must be 'auto', True or False"):
+        training.resolve_vectorize("vmap", spec, 64, 10, 3)
