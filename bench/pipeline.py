@@ -215,8 +215,8 @@ def _snakemake(workdir: Path, *args: str) -> float:
 RUNS = (
     ("cold", (), True),
     ("warm", ("--forceall",), True),
-    ("warm, worker off", ("--forceall", "--configfile", "config/config.yaml", "config/worker_off.yaml"),
-     False),
+    ("warm, worker off", ("--forceall", "--configfile", "{workdir}/config/config.yaml",
+                          "{workdir}/config/worker_off.yaml"), False),
 )
 
 
@@ -244,13 +244,13 @@ def run(smoke: bool = False) -> dict:
         for name, args, worker in RUNS:
             log_path = workdir / "results" / "logs" / "worker.log"
             log_path.unlink(missing_ok=True)
-            wall = _snakemake(workdir, *args)
+            wall = _snakemake(workdir, *(arg.format(workdir=workdir) for arg in args))
             runs[name] = split_run(wall, read_jobs(workdir))
             runs[name]["worker"] = worker
             runs[name]["worker_import_s"] = _worker_imports(workdir)
             if worker and runs[name]["worker_import_s"] is None:
                 raise RuntimeError("the worker did not start; see results/logs/worker.log")
-            log.info("study %s: %s", name, {key: value for key, value in runs[name].items() if key != "by_rule"})
+            log.info("study %s: %s", name, runs[name])
         cache_files = sum(1 for _ in (workdir / "results" / ".jax_cache").glob("*-cache"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -48,7 +48,13 @@ def cmd_train(args) -> None:
 def cmd_extract(args) -> None:
     from lmcpipe.neurons import extract_to_file
 
-    extract_to_file(args.checkpoint, args.out)
+    if len(args.out) != len(args.checkpoints):
+        raise ValueError(
+            f"got {len(args.checkpoints)} checkpoint(s) but {len(args.out)} --out file(s); "
+            "give one output per checkpoint, in the same order"
+        )
+    for checkpoint, out in zip(args.checkpoints, args.out):
+        extract_to_file(checkpoint, out)
 
 
 def cmd_dimension(args) -> None:
@@ -180,9 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "and go on (exclude), or stop with an error (error)")
     train.set_defaults(run=cmd_train)
 
-    extract = commands.add_parser("extract", help="write the neuron table of one checkpoint")
-    extract.add_argument("checkpoint", type=Path)
-    extract.add_argument("--out", required=True, type=Path, help="neuron table (Parquet)")
+    extract = commands.add_parser("extract", help="write the neuron table of each checkpoint")
+    extract.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT")
+    extract.add_argument("--out", required=True, nargs="+", type=Path,
+                         help="one neuron table (Parquet) per checkpoint, in the same order")
     extract.set_defaults(run=cmd_extract)
 
     from lmcpipe.dimension import ESTIMATORS, GEOMETRIES

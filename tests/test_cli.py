@@ -33,8 +33,13 @@ def test_train_writes_checkpoints_and_histories(run_dir):
 def test_steps_chain_through_cli(run_dir, capsys):
     checkpoints = [str(run_dir / f"seed{seed}" / "params.npz") for seed in range(3)]
     neurons = [str(run_dir / f"seed{seed}" / "neurons.parquet") for seed in range(3)]
-    for checkpoint, out in zip(checkpoints, neurons):
-        assert main(["extract", checkpoint, "--out", out]) == 0
+    assert main(["extract", checkpoints[0], "--out", neurons[0]]) == 0
+    first = pq.read_table(neurons[0])
+    assert main(["extract", *checkpoints, "--out", *neurons]) == 0
+    assert pq.read_table(neurons[0]).equals(first)
+    assert [pq.read_table(path).column("seed")[0].as_py() for path in neurons] == [0, 1, 2]
+    assert main(["extract", *checkpoints, "--out", *neurons[:2]]) == 2
+    assert "give one output per checkpoint" in capsys.readouterr().err
 
     assert main(["dimension", *checkpoints, "--subsamples", "2", "--out", str(run_dir / "dims.parquet")]) == 0
     dims = pq.read_table(run_dir / "dims.parquet").to_pandas()

@@ -1,10 +1,14 @@
 rule extract:
     input:
-        "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/seed{seed}/params.npz",
+        checkpoints_of,
     output:
-        "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/seed{seed}/neurons.parquet",
+        expand(
+            "results/runs/{dataset}/depth{depth}/width{width}/lr{lr}/seed{seed}/neurons.parquet",
+            seed=SEEDS,
+            allow_missing=True,
+        ),
     log:
-        "results/logs/extract/{dataset}/depth{depth}/width{width}/lr{lr}/seed{seed}.log",
+        "results/logs/extract/{dataset}/depth{depth}/width{width}/lr{lr}.log",
     conda:
         "../envs/lmcpipe.yaml"
     shell:
