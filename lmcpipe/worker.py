@@ -7,7 +7,7 @@ local run the workflow starts one worker, which imports them once and then,
 for each ``lmcpipe`` command that connects to it, forks a child that runs the
 command with the caller's arguments, working folder, environment and standard
 streams. The caller waits and exits with the child's status, so Snakemake
-sees the same job, outputs, log and exit status as without the worker.
+gets the same outputs, log and exit status as without the worker.
 
 Python's ``multiprocessing`` forkserver does the same for the processes of
 one program; the jobs here are independent processes started by Snakemake,
@@ -21,7 +21,7 @@ Safety rules:
 * Values read at import time cannot change in a child. A request whose
   environment differs from the worker's in such a variable (``JAX_*``,
   ``XLA_*``, ``CUDA_*``, ``PYTHON*``, thread counts, ...), or that comes
-  from another Python installation or another copy of lmcpipe, is refused,
+  from another Python installation or another copy of lmcpipe, is rejected,
   and the command runs in its own process as usual.
 * When the caller dies (Snakemake cancels the job), the worker kills the
   child. When the worker dies, the kernel kills its children
@@ -33,7 +33,7 @@ Protocol, over a Unix socket in a private temporary folder: the caller sends
 its standard stream descriptors with a length-prefixed JSON request
 (``argv``, ``cwd``, ``env``, ``prefix``, ``package``); the worker answers
 with JSON lines, ``{"accepted": pid}`` then ``{"exit": status}``, or
-``{"refused": reason}``.
+``{"rejected": reason}``.
 
 This module imports only the standard library at the top, because the
 caller side runs before every command.
@@ -82,6 +82,7 @@ PRELOAD = (
 _HEADER = struct.Struct("!I")
 _MAX_REQUEST = 16 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
+_FOLDER_PREFIX = "lmcpipe-worker-"
 
 
 # Caller side ---------------------------------------------------------------
@@ -91,9 +92,9 @@ def run_in_worker(argv: list[str]) -> int | None:
     """Run ``lmcpipe ARGV`` in the worker named by ``$LMCPIPE_WORKER``.
 
     Returns:
-        The command's exit status, or None when no worker is set, none
-        answers, or it refused the request; the caller then runs the command
-        itself.
+        The command's exit status, or None when no worker is set, the
+        connection fails, or the worker rejected the request. The caller then
+        runs the command itself.
     """
     address = os.environ.get(ADDRESS_ENV_VAR)
     if not address:
@@ -117,7 +118,7 @@ def run_in_worker(argv: list[str]) -> int | None:
             return None
         reader = connection.makefile("r", encoding="utf-8")
         first = _read_message(reader)
-        if first is None or "refused" in first:
+        if first is None or "rejected" in first:
             return None
         # From here on the step runs in the worker's child: never run it twice.
         last = _read_message(reader)
@@ -232,6 +233,10 @@ def serve(address: str, parent: int | None = None, log_stream=None) -> None:
         listener.close()
         try:
             os.unlink(address)
+            # The private folder made by start(), left behind when Snakemake was killed.
+            folder = os.path.dirname(os.path.abspath(address))
+            if os.path.basename(folder).startswith(_FOLDER_PREFIX):
+                os.rmdir(folder)
         except OSError:
             pass
         log("stopped")
@@ -252,10 +257,10 @@ def _accept(listener, environment: dict, children: dict, log) -> None:
         connection.settimeout(10)
         request, fds = _receive_request(connection)
         connection.settimeout(None)
-        reason = _refusal(request, environment)
+        reason = _rejection_reason(request, environment)
         if reason:
-            log(f"refused lmcpipe {' '.join(request.get('argv', []))}: {reason}")
-            _send(connection, {"refused": reason})
+            log(f"rejected lmcpipe {' '.join(request.get('argv', []))}: {reason}")
+            _send(connection, {"rejected": reason})
             connection.close()
             return
         sys.stdout.flush()
@@ -296,7 +301,7 @@ def _receive_request(connection) -> tuple[dict, list[int]]:
     return json.loads(data[_HEADER.size:_HEADER.size + size]), list(fds)
 
 
-def _refusal(request: dict, environment: dict) -> str | None:
+def _rejection_reason(request: dict, environment: dict) -> str | None:
     if not isinstance(request.get("argv"), list) or not isinstance(request.get("env"), dict):
         return "malformed request"
     if request.get("prefix") != sys.prefix:
@@ -332,7 +337,7 @@ def _run_child(request: dict, fds: list[int], worker: int) -> None:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         # The inherited sockets (listener, other callers) must close here, or a
-        # caller's exit would go unnoticed while this child holds its socket open.
+        # caller's exit would go unnoticed while this child keeps its socket open.
         os.closerange(3, 1 << 16)
         os.chdir(request["cwd"])
         os.environ.clear()
@@ -389,7 +394,7 @@ def _die_with(worker: int) -> None:
 
 
 def _check_caller(connection, children: dict, log) -> None:
-    """A caller's socket became readable: it sent nothing more, so it has gone."""
+    """Stop the child of a caller whose socket has closed (it became readable with no data)."""
     for pid, (owned, _, argv, kill_at) in list(children.items()):
         if owned is connection and kill_at is None:
             try:
@@ -479,7 +484,7 @@ def start(log_path: str | os.PathLike, timeout: float = 30.0) -> Worker | None:
     import subprocess
     import tempfile
 
-    folder = tempfile.mkdtemp(prefix="lmcpipe-worker-")
+    folder = tempfile.mkdtemp(prefix=_FOLDER_PREFIX)
     address = os.path.join(folder, "socket")
     log_path = os.fspath(log_path)
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)

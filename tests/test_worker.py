@@ -174,20 +174,20 @@ def test_thread_counts_apply_to_loaded_libraries():
     ({"package": "/elsewhere/lmcpipe"}, "another copy of lmcpipe"),
     ({"argv": "train"}, "malformed"),
 ])
-def test_refusals(change, reason):
+def test_rejection_reasons(change, reason):
     environment = {"PATH": "/bin"}
     request = {"argv": ["train"], "env": dict(environment), "prefix": sys.prefix,
                "package": worker_module._package_folder()}
-    assert worker_module._refusal(request, environment) is None
+    assert worker_module._rejection_reason(request, environment) is None
     request = {**request, **change}
     if "env" in change:
         request["env"] = {**environment, **change["env"]}
-    assert reason in worker_module._refusal(request, environment)
+    assert reason in worker_module._rejection_reason(request, environment)
 
 
-def test_thread_counts_alone_are_no_reason_to_refuse():
+def test_thread_counts_alone_pass():
     environment = {"PATH": "/bin"}
     request = {"argv": ["train"], "env": {**environment, "OMP_NUM_THREADS": "1",
                                           "OPENBLAS_NUM_THREADS": "1", "LMCPIPE_WORKER": "/x"},
                "prefix": sys.prefix, "package": worker_module._package_folder()}
-    assert worker_module._refusal(request, environment) is None
+    assert worker_module._rejection_reason(request, environment) is None
