@@ -119,13 +119,17 @@ def dimension_vs_lr(dimensions: pd.DataFrame, path: Path, estimator="participati
     for i, layer in enumerate(layers):
         for j, geometry in enumerate(geometries):
             axis = axes[i][j]
+            positive = False
             for color, width in zip(colors, widths):
                 frame = _select(rows, layer=layer, geometry=geometry, width=width)
                 stats = frame.groupby("lr")["dimension"].agg(["mean", "std"]).fillna(0)
+                positive = positive or bool((stats["mean"] > 0).any())
                 axis.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3,
                               color=color, label=f"{width}")
             axis.set_xscale("log")
-            axis.set_yscale("log")
+            # A panel whose estimates are all missing (diverged runs) keeps a linear axis.
+            if positive:
+                axis.set_yscale("log")
             _plain_log_labels(axis)
             axis.set_title(f"{geometry}, layer {layer}")
             if i == len(layers) - 1:
