@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -41,8 +43,33 @@ class InputError(ValueError):
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place on success."""
+    """Yield a temporary path beside ``path``; rename it into place on success.
+
+    A symbolic link is followed, so the link stays and its target is
+    replaced. A target that exists but is not a regular file (``/dev/stdout``,
+    a named pipe) gets the finished file's bytes copied into it, because
+    renaming onto it would replace the device or pipe itself, and Parquet
+    writers need a seekable file. The file gets the permissions of a newly
+    created file under the process's umask, not ``mkstemp``'s 0600.
+    """
     path = Path(path)
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)  # follows symbolic links
+    except FileNotFoundError:
+        regular = None
+    if regular is False:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        temporary = Path(temporary)
+        try:
+            yield temporary
+            with open(temporary, "rb") as source, open(path, "wb") as sink:
+                shutil.copyfileobj(source, sink)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return
+    if regular and path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
@@ -51,16 +78,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it; set it back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def table_metadata(spec_hash: str | None = None, **extra: str) -> dict[str, str]:
     """Return schema metadata recorded in every lmcpipe table.
 
     Keys: ``lmcpipe.version``, ``lmcpipe.jax_version``, ``lmcpipe.backend``
-    (JAX's default backend where the writing process imported JAX, else
+    (JAX's default backend where the writing process computed with JAX, else
     ``numpy``), ``lmcpipe.config_hash`` (the hash of the training settings
     the table derives from) and any ``extra`` values under ``lmcpipe.<key>``.
     """
@@ -96,9 +131,21 @@ def _package_version(name: str) -> str:
 
 
 def _backend() -> str:
+    """Return JAX's default backend if this process computed with JAX, else ``numpy``.
+
+    Importing JAX is not enough: a step run by the worker (lmcpipe.worker)
+    has JAX imported without using it, and asking for the backend would
+    start one (and take GPU memory).
+    """
     import sys
 
     if "jax" not in sys.modules:
+        return "numpy"
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:  # NOTE: private JAX API; without it, report the default backend
+        return sys.modules["jax"].default_backend()
+    if not backends_are_initialized():
         return "numpy"
     return sys.modules["jax"].default_backend()
 

@@ -499,6 +499,12 @@ def study_bounds_to_file(dimensions_path, out, **parameters) -> pa.Table:
     from lmcpipe.io import metadata_of, read_table, settings_hash, table_metadata, write_table
 
     dimensions = read_table(dimensions_path).to_pandas()
+    missing = sorted({"width", "layer", "geometry", "estimator", "dimension"} - set(dimensions.columns))
+    if missing:
+        raise ValueError(
+            f"{dimensions_path}: not a dimension table (missing columns {', '.join(missing)}); "
+            "give the study's results/tables/dimensions.parquet"
+        )
     if dimensions.empty:
         raise ValueError(f"{dimensions_path}: dimension table has no rows")
     table = study_bounds_table(dimensions, **parameters)

@@ -16,8 +16,11 @@ hence this module.
 Safety rules:
 
 * The worker never initialises a JAX backend or compiles anything, so no
-  XLA thread exists when it forks; each child starts its own backend (and
+  XLA thread exists when it forks. Each child starts its own backend (and
   its own GPU context), like a fresh process.
+* A child takes the caller's working folder, environment, umask and time
+  zone. A request from a process with another niceness or other resource
+  limits (``ulimit``) is rejected.
 * Values read at import time cannot change in a child. A request whose
   environment differs from the worker's in such a variable (``JAX_*``,
   ``XLA_*``, ``CUDA_*``, ``PYTHON*``, thread counts, ...), or that comes
@@ -41,6 +44,7 @@ caller side runs before every command.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -69,6 +73,12 @@ THREAD_COUNT_VARS = {
     "OPENBLAS_NUM_THREADS": "blas",
     "MKL_NUM_THREADS": "blas",
 }
+
+# Resource limits (ulimit) that a request must share with the worker.
+RESOURCE_LIMITS = (
+    "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CPU", "RLIMIT_FSIZE",
+    "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE",
+)
 
 # Modules a step may import; each is imported by the worker once.
 PRELOAD = (
@@ -100,19 +110,23 @@ def run_in_worker(argv: list[str]) -> int | None:
     if not address:
         return None
     try:
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        connection.connect(address)
-    except OSError:
-        return None
-    with connection:
+        # A closed standard stream would be replaced by the socket below.
+        for fd in (0, 1, 2):
+            os.fstat(fd)
         request = json.dumps({
             "argv": list(argv),
             "cwd": os.getcwd(),
             "env": dict(os.environ),
             "prefix": sys.prefix,
             "package": _package_folder(),
+            **_process_state(),
         }).encode()
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return None
+    with connection:
         try:
+            connection.connect(address)
             socket.send_fds(connection, [_HEADER.pack(len(request)) + request], [0, 1, 2])
         except OSError:
             return None
@@ -126,7 +140,20 @@ def run_in_worker(argv: list[str]) -> int | None:
             print(f"lmcpipe: the worker running this command (pid {first.get('accepted')}) "
                   "stopped before it finished", file=sys.stderr)
             return 1
+        if last.get("message"):
+            print(f"lmcpipe: {last['message']}", file=sys.stderr)
         return int(last["exit"])
+
+
+def _process_state() -> dict:
+    """Return the caller's umask, niceness and resource limits, which a fork does not carry."""
+    import resource
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    limits = {name: list(resource.getrlimit(getattr(resource, name)))
+              for name in RESOURCE_LIMITS if hasattr(resource, name)}
+    return {"umask": mask, "nice": os.nice(0), "limits": limits}
 
 
 def _read_message(reader) -> dict | None:
@@ -170,48 +197,92 @@ def serve(address: str, parent: int | None = None, log_stream=None) -> None:
         parent: pid of the process to outlive no longer (Snakemake).
         log_stream: text stream for one line per event (default: stderr).
     """
-    log = _Log(log_stream or sys.stderr)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address)
-    os.chmod(address, 0o600)
-    listener.listen(64)
-    # Bound before the imports: callers that connect meanwhile wait in the backlog.
-    # Some modules set variables while they are imported; compare requests with
-    # the environment the imports saw.
-    environment = dict(os.environ)
-    started = time.perf_counter()
-    import importlib
+    _Server(address, parent, _Log(log_stream or sys.stderr)).run()
 
-    for name in PRELOAD:
-        importlib.import_module(name)
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
 
-        if xla_bridge.backends_are_initialized():
-            raise RuntimeError("a JAX backend started while importing; forking would be unsafe")
-    # Children then leave the imported objects to the worker's permanent
-    # generation: their garbage collections do not touch (and copy) those pages.
-    gc.freeze()
-    log(f"imported {len(PRELOAD)} modules in {time.perf_counter() - started:.2f} s; "
-        f"serving on {address}")
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
-    # A child's exit wakes the loop at once through this pipe, instead of at
-    # the next timeout.
-    wakeup, wakeup_writer = os.pipe()
-    os.set_blocking(wakeup, False)
-    os.set_blocking(wakeup_writer, False)
-    signal.set_wakeup_fd(wakeup_writer)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    # pid -> (caller's socket, start time, argv, time to kill it or None)
-    children: dict[int, tuple] = {}
-    try:
-        while not stopping:
-            if parent is not None and os.getppid() != parent:
-                log("the process that started the worker exited; stopping")
+@dataclasses.dataclass
+class _Child:
+    """A forked child and the caller it reports to (None once the caller has gone)."""
+
+    connection: socket.socket | None
+    started: float
+    argv: list
+    kill_at: float | None = None
+    message: str = ""
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A connection whose request has not fully arrived."""
+
+    data: bytes = b""
+    fds: list = dataclasses.field(default_factory=list)
+    deadline: float = 0.0
+
+
+class _Server:
+    """The worker's single-threaded loop: no thread exists when it forks."""
+
+    def __init__(self, address: str, parent: int | None, log):
+        self.address = address
+        self.parent = parent
+        self.log = log
+        self.children: dict[int, _Child] = {}
+        self.pending: dict[socket.socket, _Pending] = {}
+        self.stopping: list[str] = []
+
+    def run(self) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.address)
+        os.chmod(self.address, 0o600)
+        listener.listen(64)
+        listener.setblocking(False)
+        try:
+            # Bound before the imports: callers that connect meanwhile wait in the
+            # backlog. Some modules set variables while they are imported, so
+            # requests are compared with the environment the imports saw.
+            self.environment = dict(os.environ)
+            self.state = _process_state()
+            self._preload()
+            self._loop(listener)
+        finally:
+            self._shut_down(listener)
+
+    def _preload(self) -> None:
+        started = time.perf_counter()
+        import importlib
+
+        for name in PRELOAD:
+            importlib.import_module(name)
+        if "jax" in sys.modules:
+            from jax._src import xla_bridge
+
+            if xla_bridge.backends_are_initialized():
+                raise RuntimeError("a JAX backend started while importing; forking would be unsafe")
+        # Children then leave the imported objects to the worker's permanent
+        # generation: their garbage collections do not touch (and copy) those pages.
+        gc.freeze()
+        self.log(f"imported {len(PRELOAD)} modules in {time.perf_counter() - started:.2f} s; "
+                 f"serving on {self.address}")
+
+    def _loop(self, listener) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.append("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.append("SIGINT"))
+        # A child's exit wakes the loop at once through this pipe, instead of at
+        # the next timeout.
+        wakeup, wakeup_writer = os.pipe()
+        os.set_blocking(wakeup, False)
+        os.set_blocking(wakeup_writer, False)
+        signal.set_wakeup_fd(wakeup_writer)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        while not self.stopping:
+            if self.parent is not None and os.getppid() != self.parent:
+                self.log("the process that started the worker exited; stopping")
+                self.stopping.append("Snakemake exited")
                 break
-            watched = [listener, wakeup] + [entry[0] for entry in children.values() if entry[3] is None]
+            callers = [child.connection for child in self.children.values()
+                       if child.connection is not None and child.kill_at is None]
+            watched = [listener, wakeup, *self.pending, *callers]
             try:
                 readable, _, _ = select.select(watched, [], [], 0.5)
             except InterruptedError:
@@ -220,26 +291,177 @@ def serve(address: str, parent: int | None = None, log_stream=None) -> None:
                 if ready == wakeup:
                     _drain(wakeup)
                 elif ready is listener:
-                    _accept(listener, environment, children, log)
+                    self._accept(listener)
+                elif ready in self.pending:
+                    self._read_request(ready)
                 else:
-                    _check_caller(ready, children, log)
-            _reap(children, log)
-    finally:
-        for pid in list(children):
-            _kill(pid, children)
-        while children:
-            _reap(children, log)
+                    self._check_caller(ready)
+            self._expire_pending()
+            self._reap()
+
+    def _accept(self, listener) -> None:
+        try:
+            connection, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        connection.setblocking(False)
+        self.pending[connection] = _Pending(deadline=time.monotonic() + 10)
+
+    def _read_request(self, connection) -> None:
+        """Read what has arrived of a request; start its command once complete."""
+        entry = self.pending[connection]
+        try:
+            data, fds, _, _ = socket.recv_fds(connection, 65536, 3)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self._drop(connection, f"dropped a request: {error}")
+            return
+        entry.fds.extend(fds)
+        if not data and not fds:
+            self._drop(connection, "dropped a request: the caller closed the connection")
+            return
+        entry.data += data
+        if len(entry.data) < _HEADER.size:
+            return
+        (size,) = _HEADER.unpack_from(entry.data)
+        if size > _MAX_REQUEST:
+            self._drop(connection, f"dropped a request of {size} bytes")
+            return
+        if len(entry.data) < _HEADER.size + size:
+            return
+        del self.pending[connection]
+        try:
+            request = json.loads(entry.data[_HEADER.size:_HEADER.size + size])
+            if len(entry.fds) != 3:
+                raise ValueError(f"a request must carry 3 stream descriptors, got {len(entry.fds)}")
+            self._start(connection, request, entry.fds)
+        except (OSError, ValueError) as error:
+            self.log(f"dropped a request: {error}")
+            connection.close()
+        finally:
+            for fd in entry.fds:
+                os.close(fd)
+
+    def _drop(self, connection, message: str) -> None:
+        entry = self.pending.pop(connection)
+        for fd in entry.fds:
+            os.close(fd)
+        connection.close()
+        self.log(message)
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        for connection, entry in list(self.pending.items()):
+            if now > entry.deadline:
+                self._drop(connection, "dropped a request that did not arrive within 10 s")
+
+    def _start(self, connection, request: dict, fds: list[int]) -> None:
+        reason = _rejection_reason(request, self.environment, self.state)
+        command = " ".join(map(str, request.get("argv", []))) if isinstance(request, dict) else ""
+        connection.setblocking(True)
+        if reason:
+            self.log(f"rejected lmcpipe {command}: {reason}")
+            _send(connection, {"rejected": reason})
+            connection.close()
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Signals stay blocked across the fork until the child has reset the
+        # worker's handlers, so a SIGTERM sent to a new child cannot be lost.
+        blocked = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _run_child(request, fds, worker=os.getppid(), mask=previous)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        child = _Child(connection, time.perf_counter(), request["argv"])
+        self.children[pid] = child
+        self.log(f"pid {pid}: lmcpipe {command} (in {request['cwd']})")
+        try:
+            _send(connection, {"accepted": pid})
+        except OSError:
+            # The caller died while its request waited: its job has failed, so
+            # the command must not run on behind Snakemake's back.
+            self.log(f"pid {pid}: caller gone before the start, stopping it")
+            connection.close()
+            child.connection = None
+            child.kill_at = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+
+    def _check_caller(self, connection) -> None:
+        """Stop the child of a caller whose socket has closed (it became readable with no data)."""
+        for pid, child in self.children.items():
+            if child.connection is connection:
+                try:
+                    data = connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    self.log(f"pid {pid}: caller gone, stopping lmcpipe {' '.join(child.argv)}")
+                    self._kill(pid)
+                return
+
+    def _kill(self, pid: int, message: str = "") -> None:
+        """Ask a child to stop; :meth:`_reap` kills it if it still runs 5 s later."""
+        child = self.children[pid]
+        child.kill_at = time.monotonic() + 5
+        child.message = message
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self) -> None:
+        """Report each finished child's exit status to its caller."""
+        for pid, child in list(self.children.items()):
+            try:
+                done, raw = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, raw = pid, 1 << 8
+            if not done:
+                if child.kill_at is not None and time.monotonic() > child.kill_at:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                continue
+            status = os.waitstatus_to_exitcode(raw)
+            if status < 0:  # killed by a signal: report it as a shell does
+                status = 128 - status
+            del self.children[pid]
+            self.log(f"pid {pid}: exit {status} after {time.perf_counter() - child.started:.2f} s")
+            if child.connection is None:
+                continue
+            try:
+                _send(child.connection, {"exit": status, "message": child.message})
+            except OSError:
+                pass
+            child.connection.close()
+
+    def _shut_down(self, listener) -> None:
+        reason = self.stopping[0] if self.stopping else "an error"
+        for pid in list(self.children):
+            self._kill(pid, f"the worker stopped ({reason}) and ended this command")
+        while self.children:
+            self._reap()
             time.sleep(0.05)
+        for connection in list(self.pending):
+            self._drop(connection, "dropped a request: the worker is stopping")
         listener.close()
         try:
-            os.unlink(address)
+            os.unlink(self.address)
             # The private folder made by start(), left behind when Snakemake was killed.
-            folder = os.path.dirname(os.path.abspath(address))
+            folder = os.path.dirname(os.path.abspath(self.address))
             if os.path.basename(folder).startswith(_FOLDER_PREFIX):
                 os.rmdir(folder)
         except OSError:
             pass
-        log("stopped")
+        self.log("stopped")
 
 
 def _drain(fd: int) -> None:
@@ -250,59 +472,13 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _accept(listener, environment: dict, children: dict, log) -> None:
-    connection, _ = listener.accept()
-    fds: list[int] = []
-    try:
-        connection.settimeout(10)
-        request, fds = _receive_request(connection)
-        connection.settimeout(None)
-        reason = _rejection_reason(request, environment)
-        if reason:
-            log(f"rejected lmcpipe {' '.join(request.get('argv', []))}: {reason}")
-            _send(connection, {"rejected": reason})
-            connection.close()
-            return
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _run_child(request, fds, worker=os.getppid())
-        children[pid] = (connection, time.perf_counter(), request["argv"], None)
-        log(f"pid {pid}: lmcpipe {' '.join(request['argv'])} (in {request['cwd']})")
-        _send(connection, {"accepted": pid})
-    except (OSError, ValueError) as error:
-        log(f"dropped a request: {error}")
-        connection.close()
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _receive_request(connection) -> tuple[dict, list[int]]:
-    data, fds, _, _ = socket.recv_fds(connection, 65536, 3)
-    if len(fds) != 3:
-        for fd in fds:
-            os.close(fd)
-        raise ValueError("a request must carry three stream descriptors")
-    while len(data) < _HEADER.size:
-        chunk = connection.recv(65536)
-        if not chunk:
-            raise ValueError("truncated request")
-        data += chunk
-    (size,) = _HEADER.unpack_from(data)
-    if size > _MAX_REQUEST:
-        raise ValueError(f"request of {size} bytes")
-    while len(data) < _HEADER.size + size:
-        chunk = connection.recv(65536)
-        if not chunk:
-            raise ValueError("truncated request")
-        data += chunk
-    return json.loads(data[_HEADER.size:_HEADER.size + size]), list(fds)
-
-
-def _rejection_reason(request: dict, environment: dict) -> str | None:
+def _rejection_reason(request: dict, environment: dict, state: dict | None = None) -> str | None:
+    """Return why the request cannot run in a child of this worker, or None."""
+    if not isinstance(request, dict):
+        return "malformed request"
     if not isinstance(request.get("argv"), list) or not isinstance(request.get("env"), dict):
+        return "malformed request"
+    if not isinstance(request.get("cwd"), str):
         return "malformed request"
     if request.get("prefix") != sys.prefix:
         return f"another Python installation ({request.get('prefix')})"
@@ -310,7 +486,7 @@ def _rejection_reason(request: dict, environment: dict) -> str | None:
         return f"another copy of lmcpipe ({request.get('package')})"
     env = request["env"]
     for name in THREAD_COUNT_VARS:
-        if env.get(name, "1").strip().isdigit() is False:
+        if not env.get(name, "1").strip().isdigit():
             return f"{name}={env[name]!r} is not a whole number"
     names = {
         name for name in (*env, *environment)
@@ -319,6 +495,16 @@ def _rejection_reason(request: dict, environment: dict) -> str | None:
     differing = sorted(name for name in names if env.get(name) != environment.get(name))
     if differing:
         return "environment differs in variables read at import: " + ", ".join(differing)
+    state = state or _process_state()
+    if not isinstance(request.get("umask"), int):
+        return "malformed request"
+    if request.get("nice") != state["nice"]:
+        return f"niceness {request.get('nice')} differs from the worker's {state['nice']}"
+    if request.get("limits") != state["limits"]:
+        limits = request.get("limits") if isinstance(request.get("limits"), dict) else {}
+        names = sorted(name for name in {*limits, *state["limits"]}
+                       if limits.get(name) != state["limits"].get(name))
+        return "resource limits differ: " + (", ".join(names) or "malformed")
     return None
 
 
@@ -326,7 +512,7 @@ def _send(connection, message: dict) -> None:
     connection.sendall((json.dumps(message) + "\n").encode())
 
 
-def _run_child(request: dict, fds: list[int], worker: int) -> None:
+def _run_child(request: dict, fds: list[int], worker: int, mask) -> None:
     """Run the request's command in this forked child and exit with its status."""
     status = 1
     try:
@@ -334,14 +520,17 @@ def _run_child(request: dict, fds: list[int], worker: int) -> None:
         signal.set_wakeup_fd(-1)
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         # The inherited sockets (listener, other callers) must close here, or a
         # caller's exit would go unnoticed while this child keeps its socket open.
         os.closerange(3, 1 << 16)
         os.chdir(request["cwd"])
+        os.umask(request["umask"])
         os.environ.clear()
         os.environ.update(request["env"])
+        time.tzset()
         sys.argv = ["lmcpipe", *request["argv"]]
         limits = _limit_threads(request["env"])  # noqa: F841 - holds the limits until exit
         from lmcpipe.cli import main
@@ -393,56 +582,6 @@ def _die_with(worker: int) -> None:
         os._exit(1)
 
 
-def _check_caller(connection, children: dict, log) -> None:
-    """Stop the child of a caller whose socket has closed (it became readable with no data)."""
-    for pid, (owned, _, argv, kill_at) in list(children.items()):
-        if owned is connection and kill_at is None:
-            try:
-                data = connection.recv(1, socket.MSG_PEEK)
-            except OSError:
-                data = b""
-            if not data:
-                log(f"pid {pid}: caller gone, stopping lmcpipe {' '.join(argv)}")
-                _kill(pid, children)
-            return
-
-
-def _kill(pid: int, children: dict) -> None:
-    """Ask a child to stop; :func:`_reap` kills it if it still runs 5 s later."""
-    connection, started, argv, _ = children[pid]
-    children[pid] = (connection, started, argv, time.monotonic() + 5)
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-
-
-def _reap(children: dict, log) -> None:
-    """Report each finished child's exit status to its caller."""
-    for pid, (connection, started, argv, kill_at) in list(children.items()):
-        try:
-            done, raw = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done, raw = pid, 1 << 8
-        if not done:
-            if kill_at is not None and time.monotonic() > kill_at:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            continue
-        status = os.waitstatus_to_exitcode(raw)
-        if status < 0:  # killed by a signal: report it as a shell does
-            status = 128 - status
-        del children[pid]
-        log(f"pid {pid}: exit {status} after {time.perf_counter() - started:.2f} s")
-        try:
-            _send(connection, {"exit": status})
-        except OSError:
-            pass
-        connection.close()
-
-
 # Starting and stopping from the workflow -----------------------------------
 
 
@@ -488,7 +627,11 @@ def start(log_path: str | os.PathLike, timeout: float = 30.0) -> Worker | None:
     address = os.path.join(folder, "socket")
     log_path = os.fspath(log_path)
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-    with open(log_path, "w") as log_file:
+    # Appended to, so that an earlier run's failure stays readable.
+    with open(log_path, "a") as log_file:
+        log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} starting a worker for "
+                       f"process {os.getpid()}\n")
+        log_file.flush()
         process = subprocess.Popen(
             [sys.executable, "-m", "lmcpipe.worker", address, "--parent", str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,

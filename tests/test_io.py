@@ -67,3 +67,41 @@ def test_corrupt_table_names_file(tmp_path):
 def test_write_leaves_no_temporary_files(tmp_path):
     write_table(pa.table({"x": [1]}), tmp_path / "t.parquet", {})
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_write_through_symlink_keeps_link(tmp_path):
+    target = tmp_path / "data" / "table.parquet"
+    target.parent.mkdir()
+    write_table(pa.table({"x": [1]}), target, {})
+    link = tmp_path / "link.parquet"
+    link.symlink_to(target)
+    write_table(pa.table({"x": [2]}), link, {})
+    assert link.is_symlink()
+    assert read_table(target).column("x").to_pylist() == [2]
+
+
+def test_write_to_fifo_keeps_fifo(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    write_table(pa.table({"x": [1, 2]}), fifo, {})
+    reader.join(30)
+    assert fifo.is_fifo()
+    assert received and received[0][:4] == b"PAR1"
+
+
+def test_written_file_follows_umask(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o027)
+    try:
+        write_table(pa.table({"x": [1]}), tmp_path / "t.parquet", {})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "t.parquet").stat().st_mode) == 0o640

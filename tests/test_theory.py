@@ -256,3 +256,15 @@ def test_study_bounds_add_low_dim_rows():
     deep = table[table.bound == "deep"]
     assert len(deep) == 2
     assert deep.geometry.isna().all()
+
+
+def test_bounds_reject_table_without_dimensions(tmp_path, capsys):
+    import pyarrow as pa
+
+    from lmcpipe.cli import main
+    from lmcpipe.io import write_table
+
+    path = tmp_path / "barriers.parquet"
+    write_table(pa.table({"width": [8], "barrier": [0.1]}), path, {})
+    assert main(["bounds", "--epsilon", "0.1", "--dataset", "digits", "--dimensions-table", str(path)]) == 2
+    assert "not a dimension table" in capsys.readouterr().err
