@@ -122,7 +122,7 @@ def run_in_worker(argv: list[str]) -> int | None:
             **_process_state(),
         }).encode()
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: an argument or variable that is not UTF-8
         return None
     with connection:
         try:
