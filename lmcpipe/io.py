@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmcpipe import __version__
+from lmcpipe.runtime import current_umask
 
 CHECKPOINT_FORMAT = "lmcpipe-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -78,17 +79,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    # The umask can only be read by setting it; set it back at once.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def table_metadata(spec_hash: str | None = None, **extra: str) -> dict[str, str]:

@@ -74,3 +74,10 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
             os.environ[name.upper()] = str(value)
     log.info("persistent JAX compilation cache in %s", folder)
     return folder
+
+
+def current_umask() -> int:
+    """Return the process's umask, which can only be read by setting it (it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

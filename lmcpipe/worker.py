@@ -21,11 +21,11 @@ Safety rules:
 * A child takes the caller's working folder, environment, umask and time
   zone. A request from a process with another niceness or other resource
   limits (``ulimit``) is rejected.
-* Values read at import time cannot change in a child. A request whose
-  environment differs from the worker's in such a variable (``JAX_*``,
-  ``XLA_*``, ``CUDA_*``, ``PYTHON*``, thread counts, ...), or that comes
-  from another Python installation or another copy of lmcpipe, is rejected,
-  and the command runs in its own process as usual.
+* Values read at import time cannot change in a child. So a request is
+  rejected when its environment differs from the worker's in such a
+  variable (``JAX_*``, ``XLA_*``, ``CUDA_*``, ``PYTHON*``, ...), or when it
+  comes from another Python installation or another copy of lmcpipe. The
+  command then runs in its own process as usual.
 * When the caller dies (Snakemake cancels the job), the worker kills the
   child. When the worker dies, the kernel kills its children
   (``PR_SET_PDEATHSIG``) and their callers fail, so a job is never reported
@@ -34,9 +34,9 @@ Safety rules:
 
 Protocol, over a Unix socket in a private temporary folder: the caller sends
 its standard stream descriptors with a length-prefixed JSON request
-(``argv``, ``cwd``, ``env``, ``prefix``, ``package``); the worker answers
-with JSON lines, ``{"accepted": pid}`` then ``{"exit": status}``, or
-``{"rejected": reason}``.
+(``argv``, ``cwd``, ``env``, ``prefix``, ``package``, ``umask``, ``nice``,
+``limits``). The worker replies with JSON lines, ``{"accepted": pid}`` then
+``{"exit": status, "message": text}``, or ``{"rejected": reason}``.
 
 This module imports only the standard library at the top, because the
 caller side runs before every command.
@@ -149,11 +149,11 @@ def _process_state() -> dict:
     """Return the caller's umask, niceness and resource limits, which a fork does not carry."""
     import resource
 
-    mask = os.umask(0o022)
-    os.umask(mask)
+    from lmcpipe.runtime import current_umask
+
     limits = {name: list(resource.getrlimit(getattr(resource, name)))
               for name in RESOURCE_LIMITS if hasattr(resource, name)}
-    return {"umask": mask, "nice": os.nice(0), "limits": limits}
+    return {"umask": current_umask(), "nice": os.nice(0), "limits": limits}
 
 
 def _read_message(reader) -> dict | None:
@@ -321,6 +321,7 @@ class _Server:
         if not data and not fds:
             self._drop(connection, "dropped a request: the caller closed the connection")
             return
+
         entry.data += data
         if len(entry.data) < _HEADER.size:
             return
@@ -330,6 +331,7 @@ class _Server:
             return
         if len(entry.data) < _HEADER.size + size:
             return
+
         del self.pending[connection]
         try:
             request = json.loads(entry.data[_HEADER.size:_HEADER.size + size])
@@ -365,6 +367,7 @@ class _Server:
             _send(connection, {"rejected": reason})
             connection.close()
             return
+
         sys.stdout.flush()
         sys.stderr.flush()
         # Signals stay blocked across the fork until the child has reset the
@@ -377,6 +380,7 @@ class _Server:
                 _run_child(request, fds, worker=os.getppid(), mask=previous)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
         child = _Child(connection, time.perf_counter(), request["argv"])
         self.children[pid] = child
         self.log(f"pid {pid}: lmcpipe {command} (in {request['cwd']})")
@@ -484,6 +488,7 @@ def _rejection_reason(request: dict, environment: dict, state: dict | None = Non
         return f"another Python installation ({request.get('prefix')})"
     if request.get("package") != _package_folder():
         return f"another copy of lmcpipe ({request.get('package')})"
+
     env = request["env"]
     for name in THREAD_COUNT_VARS:
         if not env.get(name, "1").strip().isdigit():
@@ -495,6 +500,7 @@ def _rejection_reason(request: dict, environment: dict, state: dict | None = Non
     differing = sorted(name for name in names if env.get(name) != environment.get(name))
     if differing:
         return "environment differs in variables read at import: " + ", ".join(differing)
+
     state = state or _process_state()
     if not isinstance(request.get("umask"), int):
         return "malformed request"

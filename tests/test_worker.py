@@ -23,15 +23,21 @@ LONG_TRAIN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def running_worker(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("worker")
+def start_worker(log_path):
+    """Start a worker and return ``(worker, address)``, leaving this process's environment as it was."""
     saved = os.environ.get(worker_module.ADDRESS_ENV_VAR)
-    worker = worker_module.start(folder / "worker.log")
-    assert worker is not None, (folder / "worker.log").read_text()
+    worker = worker_module.start(log_path)
+    assert worker is not None, log_path.read_text()
     address = os.environ.pop(worker_module.ADDRESS_ENV_VAR)
     if saved is not None:
         os.environ[worker_module.ADDRESS_ENV_VAR] = saved
+    return worker, address
+
+
+@pytest.fixture(scope="module")
+def running_worker(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("worker")
+    worker, address = start_worker(folder / "worker.log")
     yield worker, address, folder / "worker.log"
     worker.stop()
 
@@ -117,11 +123,7 @@ def test_caller_killed_stops_the_child(running_worker, tmp_path):
 
 
 def test_worker_death_kills_child(tmp_path):
-    saved = os.environ.get(worker_module.ADDRESS_ENV_VAR)
-    worker = worker_module.start(tmp_path / "worker.log")
-    address = os.environ.pop(worker_module.ADDRESS_ENV_VAR)
-    if saved is not None:
-        os.environ[worker_module.ADDRESS_ENV_VAR] = saved
+    worker, address = start_worker(tmp_path / "worker.log")
     try:
         env = {**os.environ, worker_module.ADDRESS_ENV_VAR: address}
         caller = subprocess.Popen([sys.executable, "-m", "lmcpipe", *LONG_TRAIN, "--out-dir", "run"],
@@ -201,11 +203,7 @@ def test_thread_counts_alone_pass():
 
 def test_caller_killed_while_queued_leaves_worker_serving(tmp_path):
     """A caller that dies before its request starts: no crash, no orphan command."""
-    saved = os.environ.get(worker_module.ADDRESS_ENV_VAR)
-    worker = worker_module.start(tmp_path / "worker.log")
-    address = os.environ.pop(worker_module.ADDRESS_ENV_VAR)
-    if saved is not None:
-        os.environ[worker_module.ADDRESS_ENV_VAR] = saved
+    worker, address = start_worker(tmp_path / "worker.log")
     try:
         # The worker is still importing, so this request waits in the backlog.
         caller = subprocess.Popen([sys.executable, "-m", "lmcpipe", *BOUNDS, "--out", "early.parquet"],
