@@ -136,6 +136,25 @@ def test_initial_parameters_follow_seed_keys(digits):
                                       jax.random.key_data(order_key))
 
 
+@pytest.mark.parametrize("depth, width, input_dim", [(1, 16, 64), (2, 100, 64), (3, 512, 784)])
+def test_cheaper_init_compilation_gives_the_same_bits(depth, width, input_dim):
+    # The initialisation compiles at a lower XLA optimisation level on the CPU;
+    # it must give exactly what the default level gives.
+    spec = TrainSpec("random", depth, width, 0.05, epochs=1, batch_size=32)
+    initialise = training._make_programs(spec, 1000, input_dim, 10)[0]
+    seeds = np.arange(3, dtype=np.int32)
+    results = [
+        jax.jit(initialise, compiler_options=options)(np.int64(5), seeds)
+        for options in (None, training.INIT_COMPILER_OPTIONS)
+    ]
+    default, cheaper = (jax.tree_util.tree_leaves(result) for result in results)
+    assert len(default) == len(cheaper)
+    for a, b in zip(default, cheaper):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_sgd_step_flops_of_reference_model():
     spec = TrainSpec("random", 3, 512, 0.01, epochs=1, batch_size=500)
     # 6 * 500 * (784*512 + 2*512*512 + 512*10) - 2 * 500 * 784*512
