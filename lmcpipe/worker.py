@@ -243,6 +243,9 @@ class _Server:
             # requests are compared with the environment the imports saw.
             self.environment = dict(os.environ)
             self.state = _process_state()
+            # Until the loop takes over, SIGTERM ends the imports at once and
+            # still removes the socket (see _shut_down).
+            signal.signal(signal.SIGTERM, _exit_on_signal)
             self._preload()
             self._loop(listener)
         finally:
@@ -468,6 +471,10 @@ class _Server:
         self.log("stopped")
 
 
+def _exit_on_signal(number, frame) -> None:
+    raise SystemExit(128 + number)
+
+
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 4096):
@@ -575,16 +582,16 @@ def _limit_threads(env: dict):
     return threadpool_limits(limits=limits)
 
 
-def _die_with(worker: int) -> None:
-    """Have the kernel kill this process when the worker dies (Linux only)."""
+def _die_with(parent: int, number: int = signal.SIGKILL) -> None:
+    """Have the kernel send signal ``number`` to this process when ``parent`` dies (Linux only)."""
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, number, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-    if os.getppid() != worker:
+    if os.getppid() != parent:
         os._exit(1)
 
 
@@ -598,6 +605,13 @@ class Worker:
         self.process = process
         self.address = address
         self.folder = folder
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def publish(self) -> None:
+        """Set ``$LMCPIPE_WORKER``, so that commands started from this process after the call use the worker."""
+        os.environ[ADDRESS_ENV_VAR] = self.address
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the worker and remove its socket folder."""
@@ -616,11 +630,16 @@ class Worker:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def start(log_path: str | os.PathLike, timeout: float = 30.0) -> Worker | None:
+def start(log_path: str | os.PathLike, timeout: float = 30.0, publish: bool = True) -> Worker | None:
     """Start a worker for this process's ``lmcpipe`` commands.
 
-    Sets ``$LMCPIPE_WORKER`` in this process's environment, so that commands
-    started from here after the call (Snakemake's jobs) use the worker.
+    The worker imports its modules in the background; commands that connect
+    meanwhile wait for it. It stops when this process exits.
+
+    Args:
+        log_path: file the worker appends its log to.
+        timeout: seconds to wait for the worker's socket.
+        publish: set ``$LMCPIPE_WORKER`` (see :meth:`Worker.publish`) at once.
 
     Returns:
         The worker, or None when it did not come up within ``timeout``
@@ -650,8 +669,82 @@ def start(log_path: str | os.PathLike, timeout: float = 30.0) -> Worker | None:
             worker.stop()
             return None
         time.sleep(0.02)
-    os.environ[ADDRESS_ENV_VAR] = address
+    if publish:
+        worker.publish()
     return worker
+
+
+class WorkflowWorker:
+    """The worker of one Snakemake run (see workflow/Snakefile).
+
+    :meth:`prestart` starts it while Snakemake parses the workflow, when the
+    command line plainly runs jobs here. :meth:`serve` (from ``onstart``)
+    starts one if none runs and publishes it to the jobs. :meth:`stop` ends it.
+    """
+
+    def __init__(self, log_path: str | os.PathLike):
+        self.log_path = log_path
+        self.worker: Worker | None = None
+
+    def prestart(self, argv: list[str]) -> None:
+        if self.worker is None and command_runs_jobs(argv):
+            self.worker = start(self.log_path, publish=False)
+
+    def serve(self) -> None:
+        if self.worker is not None and not self.worker.running():
+            self.stop()
+        if self.worker is None:
+            self.worker = start(self.log_path, publish=False)
+        if self.worker is not None:
+            self.worker.publish()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+
+# Options of a ``snakemake`` command line that runs the workflow's jobs on
+# this machine: the values of options and the targets are the other words.
+# Anything else (--dry-run, --lint, --report, --executor, --profile, ...)
+# may run no job here.
+_RUN_LONG_OPTIONS = frozenset({
+    "--cores", "--jobs", "--local-cores", "--configfile", "--configfiles", "--config",
+    "--directory", "--snakefile", "--forceall", "--forcerun", "--forcetargets", "--force",
+    "--until", "--omit-from", "--printshellcmds", "--quiet", "--reason", "--keep-going",
+    "--rerun-incomplete", "--ri", "--rerun-triggers", "--resources", "--res", "--set-threads",
+    "--set-resources", "--default-resources", "--latency-wait", "--show-failed-logs",
+    "--nolock", "--verbose", "--retries", "--max-threads", "--keep-incomplete", "--notemp",
+    "--nt", "--nocolor", "--allowed-rules", "--scheduler",
+})
+_RUN_SHORT_FLAGS = frozenset("FfpqrkT")
+_RUN_SHORT_WITH_VALUE = frozenset("cjCdsRUO")
+
+
+def command_runs_jobs(argv: list[str], environ: dict | None = None) -> bool:
+    """Return whether the ``snakemake`` command line ``argv`` plainly runs jobs on this machine.
+
+    Snakemake learns whether it runs anything (a dry run, a lint, another
+    executor) only after it has parsed the workflow, while the workflow
+    wants to start its worker during the parse (see workflow/Snakefile).
+    False means "not sure": the workflow then waits for ``onstart``.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("SNAKEMAKE_PROFILE"):
+        return False
+    for word in argv[1:]:
+        if word == "--":
+            return False
+        if word.startswith("--"):
+            if word.split("=", 1)[0] not in _RUN_LONG_OPTIONS:
+                return False
+        elif word.startswith("-") and len(word) > 1:
+            letters = word[1:]
+            if letters[0] in _RUN_SHORT_WITH_VALUE:
+                continue  # -c, -j4, ...: the rest is the value
+            if not set(letters) <= _RUN_SHORT_FLAGS:
+                return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -665,6 +758,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("address", help="path of the Unix socket to create")
     parser.add_argument("--parent", type=int, help="stop when this process exits")
     args = parser.parse_args(argv)
+    if args.parent is not None:
+        # Stop even while importing when Snakemake exits without stopping the
+        # worker (a run with nothing to do, an error while planning).
+        _die_with(args.parent, signal.SIGTERM)
     serve(args.address, args.parent)
     return 0
 

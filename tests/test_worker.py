@@ -157,6 +157,73 @@ def test_worker_stops_when_its_parent_exits(tmp_path):
     assert wait_for(lambda: not address.exists(), 60)
 
 
+def test_worker_stops_while_importing_when_its_parent_exits(tmp_path):
+    # The parent exits as soon as the socket is there, long before the
+    # worker's imports end: the kernel's signal stops the worker at once.
+    address = tmp_path / "socket"
+    log = tmp_path / "worker.log"
+    parent = subprocess.Popen([
+        sys.executable, "-c",
+        "import os, subprocess, sys, time; "
+        f"log = open({str(log)!r}, 'w'); "
+        f"worker = subprocess.Popen([sys.executable, '-m', 'lmcpipe.worker', {str(address)!r}, "
+        "'--parent', str(os.getpid())], stdout=log, stderr=log, start_new_session=True); "
+        f"print(worker.pid, flush=True); "
+        f"[time.sleep(0.01) for _ in range(3000) if not os.path.exists({str(address)!r})]",
+    ], stdout=subprocess.PIPE, text=True)
+    worker_pid = int(parent.stdout.readline())
+    parent.wait(timeout=60)
+    assert wait_for(lambda: not Path(f"/proc/{worker_pid}").exists(), 30)
+    assert not address.exists()
+    assert "serving on" not in log.read_text()
+
+
+@pytest.mark.parametrize("argv, runs", [
+    (["snakemake", "--cores", "all"], True),
+    (["snakemake"], True),
+    (["snakemake", "-c2", "-pF", "all"], True),
+    (["snakemake", "--cores=2", "--configfile", "config/paper.yaml", "--forceall"], True),
+    (["snakemake", "-j", "4", "--until", "train", "--config", "dataset=digits"], True),
+    (["snakemake", "-n"], False),
+    (["snakemake", "--cores", "2", "--dry-run"], False),
+    (["snakemake", "-np"], False),
+    (["snakemake", "--lint"], False),
+    (["snakemake", "--report", "report.html"], False),
+    (["snakemake", "--executor", "slurm", "--jobs", "10"], False),
+    (["snakemake", "--workflow-profile", "workflow/profiles/slurm"], False),
+    (["snakemake", "--summary"], False),
+    (["snakemake", "--touch"], False),
+    (["snakemake", "-t"], False),
+    (["snakemake", "--cores", "1", "--", "all"], False),
+])
+def test_command_runs_jobs(argv, runs):
+    assert worker_module.command_runs_jobs(argv, {}) is runs
+
+
+def test_profile_in_environment_is_not_plainly_local():
+    assert not worker_module.command_runs_jobs(["snakemake"], {"SNAKEMAKE_PROFILE": "slurm"})
+
+
+def test_workflow_worker_publishes_only_when_served(tmp_path, monkeypatch):
+    monkeypatch.delenv(worker_module.ADDRESS_ENV_VAR, raising=False)
+    workflow_worker = worker_module.WorkflowWorker(tmp_path / "worker.log")
+    workflow_worker.prestart(["snakemake", "--cores", "2"])
+    try:
+        assert workflow_worker.worker is not None
+        assert worker_module.ADDRESS_ENV_VAR not in os.environ
+        started = workflow_worker.worker
+        workflow_worker.serve()
+        # The started worker is kept, not replaced.
+        assert workflow_worker.worker is started
+        assert os.environ[worker_module.ADDRESS_ENV_VAR] == started.address
+    finally:
+        workflow_worker.stop()
+    assert worker_module.ADDRESS_ENV_VAR not in os.environ
+    assert not Path(started.folder).exists()
+    workflow_worker.prestart(["snakemake", "--dry-run"])
+    assert workflow_worker.worker is None
+
+
 def test_thread_counts_apply_to_loaded_libraries():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     import numpy  # noqa: F401 - loads the BLAS library

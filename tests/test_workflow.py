@@ -119,9 +119,12 @@ def test_jobs_fill_compilation_cache(study):
 
 
 def test_rerun_does_nothing(study):
+    worker_log = (study / "results" / "logs" / "worker.log").read_text()
     result = snakemake(study, "--dry-run")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+    # A dry run starts no worker.
+    assert (study / "results" / "logs" / "worker.log").read_text() == worker_log
 
 
 def test_new_learning_rate_reruns_only_its_jobs(study):

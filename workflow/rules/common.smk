@@ -116,6 +116,18 @@ def train_spec(wildcards):
     return json.dumps(spec, sort_keys=True)
 
 
+def train_priority(wildcards):
+    """Return a training job's priority: earlier learning rates of the config first.
+
+    Settings that differ only in the learning rate share their compiled
+    programs through the compilation cache (see lmcpipe/runtime.py). Run
+    side by side, two of them would both compile the programs; in this
+    order the later one finds them in the cache.
+    """
+    rates = [format_lr(lr) for lr in config["training"]["learning_rates"]]
+    return len(rates) - rates.index(wildcards.lr) if wildcards.lr in rates else 0
+
+
 def setting_dir(wildcards):
     return RUN.format(**wildcards)
 

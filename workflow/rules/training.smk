@@ -16,6 +16,7 @@ rule train:
     conda:
         "../envs/lmcpipe.yaml"
     threads: 1
+    priority: train_priority
     shell:
         "LMCPIPE_COMPILATION_CACHE=${{LMCPIPE_COMPILATION_CACHE-results/.jax_cache}} "
         "lmcpipe train --spec {params.spec:q} --seeds {params.seeds} "
