@@ -38,7 +38,7 @@ POINTS = 25
 def _cache_size() -> int | None:
     """Return the number of programs compiled for ``_curve_sums``, or None if it is not available."""
     curve_sums = getattr(lmcpipe.barriers, "_curve_sums", None)
-    size = getattr(curve_sums, "_cache_size", None)
+    size = getattr(curve_sums, "cache_size", None)
     return size() if size is not None else None
 
 

@@ -20,7 +20,8 @@ Method, per run:
   ``PYTHONPROFILEIMPORTTIME=1``, so Python logs each import's time (the
   top-level imports' cumulative times add up to the import time), and with
   ``JAX_LOG_COMPILES=1``, so JAX logs the time of each tracing, lowering and
-  XLA compilation (or cache load). Snakemake itself runs with ``python -E``,
+  XLA compilation (or cache load), and lmcpipe the time of each stored
+  program it loads or stores (lmcpipe.programs). Snakemake itself runs with ``python -E``,
   which ignores these variables.
 * Start-up of a job is the rest of its wall time: the shell, the
   interpreter's start, imports, handing the command to the worker and
@@ -63,7 +64,8 @@ GOAL_SHARE = 0.30
 
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \| (\S.*)$")
 _COMPILE_LINE = re.compile(
-    r"Finished (?:tracing|jaxpr to MLIR module conversion|XLA compilation) .* in ([0-9.eE+-]+) sec"
+    r"(?:Finished (?:tracing|jaxpr to MLIR module conversion|XLA compilation) .*"
+    r"|(?:Loaded stored|Stored) program \S+) in ([0-9.eE+-]+) sec"
 )
 
 

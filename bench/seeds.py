@@ -37,6 +37,7 @@ import numpy as np
 from bench import workloads
 from bench.report import row
 from bench.timing import CompileTimer
+from lmcpipe import training
 from lmcpipe.data import Dataset
 from lmcpipe.spec import TrainSpec
 from lmcpipe.training import resolve_vectorize, sgd_step_flops, train_seeds
@@ -98,7 +99,9 @@ def random_dataset(input_dim: int, n_train: int, n_test: int, seed: int = 0) -> 
 
 
 def _time_call(spec, seeds, dataset, vectorize) -> dict:
+    # Both caches of compiled programs: JAX's and lmcpipe's own per shape.
     jax.clear_caches()
+    training._cached_programs.cache_clear()
     with warnings.catch_warnings(record=True) as caught, CompileTimer() as compile_timer:
         warnings.simplefilter("always")
         start = time.perf_counter()

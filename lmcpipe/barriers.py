@@ -16,13 +16,13 @@ kept so that other definitions can be derived from it.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lmcpipe.models import loss_and_correct
+from lmcpipe.programs import StoredProgram
 
 METRICS = ("loss", "accuracy")
 
@@ -37,8 +37,7 @@ def t_grid(points: int) -> np.ndarray:
     return np.linspace(0.0, 1.0, points)
 
 
-@functools.partial(jax.jit, static_argnames=("chunk",))
-def _curve_sums(params_a, params_b, ts, x, y, mask, chunk):
+def _curve_sums_function(params_a, params_b, ts, x, y, mask, chunk):
     """Sum loss and correct predictions over examples, for every t at once."""
 
     def at_all_t(x_chunk, y_chunk, m_chunk):
@@ -58,6 +57,11 @@ def _curve_sums(params_a, params_b, ts, x, y, mask, chunk):
     zeros = jnp.zeros(ts.shape, jnp.float32)
     (loss, correct), _ = jax.lax.scan(body, (zeros, zeros), inputs)
     return loss, correct
+
+
+_curve_sums = StoredProgram(
+    "barriers.curve_sums", jax.jit(_curve_sums_function, static_argnames=("chunk",))
+)
 
 
 def interpolation_curve(

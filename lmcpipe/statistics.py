@@ -9,13 +9,13 @@ set keep their precision.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lmcpipe.models import hidden_outputs
+from lmcpipe.programs import StoredProgram
 
 
 @dataclasses.dataclass
@@ -56,8 +56,7 @@ class Moments:
         return cov, np.maximum(var_a, 0.0), np.maximum(var_b, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("with_b",))
-def _batch_sums(params_a, params_b, x, mask, with_b):
+def _batch_sums_function(params_a, params_b, x, mask, with_b):
     weights = mask[:, None]
     hidden_a = hidden_outputs(params_a, x)
     inputs = [x] + hidden_a
@@ -70,6 +69,11 @@ def _batch_sums(params_a, params_b, x, mask, with_b):
     b_sums = [jnp.sum(b * weights, axis=0) for b in hidden_b]
     b_squares = [jnp.sum(b * b * weights, axis=0) for b in hidden_b]
     return input_sums, mean_sums, cross, b_sums, b_squares
+
+
+_batch_sums = StoredProgram(
+    "statistics.batch_sums", jax.jit(_batch_sums_function, static_argnames=("with_b",))
+)
 
 
 def activation_moments(params_a, x: np.ndarray, params_b=None, batch_size: int = 1024) -> Moments:
@@ -90,7 +94,7 @@ def activation_moments(params_a, x: np.ndarray, params_b=None, batch_size: int =
         if batch.shape[0] < batch_size:
             mask[batch.shape[0] :] = 0.0
             batch = np.concatenate([batch, np.zeros((batch_size - batch.shape[0],) + batch.shape[1:], batch.dtype)])
-        sums = _batch_sums(params_a, params_b if with_b else params_a, batch, mask, with_b)
+        sums = _batch_sums(params_a, params_b if with_b else params_a, batch, mask, with_b=with_b)
         sums = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf, np.float64), sums)
         if totals is None:
             totals = sums

@@ -47,6 +47,7 @@ from jax.typing import ArrayLike
 
 from lmcpipe.data import Dataset
 from lmcpipe.models import init_params, loss_and_correct
+from lmcpipe.programs import StoredProgram
 from lmcpipe.spec import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -240,11 +241,19 @@ def _cached_programs(depth, width, batch_size, epochs, warmup_steps, has_momentu
     # A stand-in spec with the fields the programs' shapes and structure depend on.
     spec = TrainSpec("cached", depth, width, lr=1.0, epochs=epochs, batch_size=batch_size,
                      momentum=0.9 if has_momentum else 0.0, warmup_steps=warmup_steps)
-    return _compile_programs(spec, n_train, input_dim, n_classes, use_vmap)
+    programs = _compile_programs(spec, n_train, input_dim, n_classes, use_vmap)
+    settings = dict(depth=depth, width=width, batch_size=batch_size, epochs=epochs,
+                    warmup_steps=warmup_steps, has_momentum=has_momentum, n_train=n_train,
+                    input_dim=input_dim, n_classes=n_classes, use_vmap=use_vmap)
+    return tuple(StoredProgram(f"training.{name}", program, settings)
+                 for name, program in zip(("initialise", "epoch", "evaluate"), programs))
 
 
 def _programs_for(spec: TrainSpec, n_train: int, input_dim: int, n_classes: int, use_vmap: bool):
-    """Return the jitted programs of ``spec``, shared by settings of the same shapes in this process.
+    """Return the programs of ``spec``, shared by settings of the same shapes.
+
+    In this process they are the same objects; across processes they share
+    compiled executables through the compilation cache (lmcpipe.programs).
 
     The key leaves out the learning rate, momentum, warmup initial learning
     rate and random seed, which the programs take as arguments, so a second

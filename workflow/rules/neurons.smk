@@ -33,6 +33,7 @@ rule dimension:
     conda:
         "../envs/lmcpipe.yaml"
     shell:
+        "LMCPIPE_COMPILATION_CACHE=${{LMCPIPE_COMPILATION_CACHE-results/.jax_cache}} "
         "lmcpipe dimension {input:q} --estimators {params.estimators:q} "
         "--geometries {params.geometries:q} --subsamples {params.subsamples} "
         "--subsample-fraction {params.subsample_fraction} --seed {params.seed} "

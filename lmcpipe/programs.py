@@ -1,0 +1,209 @@
+"""Compiled programs that a later process loads without tracing them again.
+
+JAX's persistent compilation cache (see :mod:`lmcpipe.runtime`) spares a job
+the XLA compilation of a program that an earlier job compiled. It cannot
+spare the tracing and lowering, because its key is a hash of the lowered
+program: 0.1 to 0.3 s per program, most of a warm job's start-up in a small
+study. A :class:`StoredProgram` keeps each compiled executable in the same
+folder under a key made without tracing, from what determines the program:
+
+* its name and the settings that shape it, given by the caller;
+* the tree structure, shapes and dtypes of its arguments, and the values of
+  its static arguments;
+* the source of every lmcpipe module, as it was when this module was
+  imported;
+* the versions of JAX, jaxlib, Flax, Optax, NumPy and ml_dtypes, JAX's
+  configuration, ``XLA_FLAGS``, the backend and its devices, and the CPU.
+
+A key that matches loads the executable with
+``jax.experimental.serialize_executable``; any other key traces, lowers and
+compiles as ``jax.jit`` does (which still uses JAX's cache) and stores the
+result. An entry that cannot be read is compiled again and replaced.
+
+The settings a caller gives must be everything its function depends on
+besides the arguments: a closed-over value missing from them would load
+another program of the same name and argument shapes.
+
+NOTE: loading an entry unpickles it, as JAX's own cache does with its
+entries, so the cache folder must be as trusted as the code. Source files
+edited between this module's import and a later import of another lmcpipe
+module give keys of the old source to programs of the new one; the worker
+(lmcpipe.worker) imports every module at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import platform
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from lmcpipe.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+# Bumped when the layout of an entry or of the key changes.
+FORMAT = 1
+SUBFOLDER = "lmcpipe-programs"
+
+# JAX settings that change logging or caching, not the programs.
+_UNRELATED_SETTINGS = frozenset({
+    "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes", "jax_enable_compilation_cache",
+    "jax_compilation_cache_max_size", "jax_log_compiles", "jax_explain_cache_misses",
+    "jax_logging_level", "jax_debug_log_modules", "jax_raise_persistent_cache_errors",
+})
+
+
+def _source_digest() -> str:
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+_SOURCE = _source_digest()
+_environment: str | None = None
+
+
+def _cpu() -> str:
+    """Return the CPU's model and instruction set flags, which XLA's CPU code depends on."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        name = name.strip()
+        if name in ("model name", "flags", "Features", "CPU part") and name not in fields:
+            fields[name] = value.strip()
+    return json.dumps(fields, sort_keys=True)
+
+
+def _environment_key() -> str:
+    """Return everything outside the program and its arguments that its executable depends on."""
+    global _environment
+    if _environment is None:
+        import flax
+        import jaxlib
+        import ml_dtypes
+        import optax
+
+        devices = jax.devices()
+        settings = {name: repr(value) for name, value in jax.config.values.items()
+                    if name not in _UNRELATED_SETTINGS}
+        _environment = json.dumps({
+            "source": _SOURCE,
+            "versions": [jax.__version__, jaxlib.__version__, flax.__version__, optax.__version__,
+                         np.__version__, ml_dtypes.__version__],
+            "settings": settings,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "backend": [devices[0].platform, devices[0].client.platform_version,
+                        [device.device_kind for device in devices]],
+            "cpu": _cpu(),
+            "machine": platform.machine(),
+        }, sort_keys=True)
+    return _environment
+
+
+def _leaf_type(leaf) -> tuple:
+    if isinstance(leaf, jax.Array):
+        return (leaf.shape, str(leaf.dtype), leaf.aval.weak_type)
+    if isinstance(leaf, (bool, int, float, complex)):
+        return ((), type(leaf).__name__, True)
+    array = np.asarray(leaf)
+    return (array.shape, str(array.dtype), False)
+
+
+def _cache_folder() -> Path | None:
+    """Return the folder of stored programs: inside JAX's compilation cache, when that is on."""
+    folder = jax.config.jax_compilation_cache_dir
+    if not folder or not jax.config.jax_enable_compilation_cache:
+        return None
+    return Path(folder) / SUBFOLDER
+
+
+def _report(message: str, *args) -> None:
+    # Shown with JAX's own compilation messages (JAX_LOG_COMPILES=1).
+    log.log(logging.INFO if jax.config.jax_log_compiles else logging.DEBUG, message, *args)
+
+
+class StoredProgram:
+    """A jitted function whose compiled executables are kept on disk between processes.
+
+    Args:
+        name: the program's name, unique in lmcpipe.
+        jitted: the ``jax.jit`` function, with its donations and compiler options.
+        settings: JSON-serialisable values that the function depends on besides
+            its arguments (the shapes and options it was built for).
+
+    Call it as ``jitted``; static arguments go by keyword.
+    """
+
+    def __init__(self, name: str, jitted, settings: dict | None = None):
+        self.name = name
+        self.jitted = jitted
+        self.settings = dict(settings or {})
+        self._compiled: dict = {}
+
+    def __call__(self, *args, **static):
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        signature = (tree, tuple(_leaf_type(leaf) for leaf in leaves), tuple(sorted(static.items())))
+        compiled = self._compiled.get(signature)
+        if compiled is None:
+            compiled = self._compiled[signature] = self._load_or_compile(args, static, signature)
+        return compiled(*args)
+
+    def lower(self, *args, **static):
+        return self.jitted.lower(*args, **static)
+
+    def cache_size(self) -> int:
+        """Return the number of executables this process holds (one per argument signature)."""
+        return len(self._compiled)
+
+    def _key(self, signature) -> str:
+        tree, types, static = signature
+        text = json.dumps([FORMAT, self.name, self.settings, str(tree), types, static,
+                           _environment_key()], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _load_or_compile(self, args, static, signature):
+        from jax.experimental import serialize_executable
+
+        folder = _cache_folder()
+        path = folder / f"{self._key(signature)}.pkl" if folder is not None else None
+        if path is not None and path.exists():
+            started = time.perf_counter()
+            try:
+                compiled = serialize_executable.deserialize_and_load(*pickle.loads(path.read_bytes()))
+            # Whatever a truncated, corrupt or incompatible entry raises, the
+            # program is compiled again and the entry replaced.
+            except Exception as error:
+                log.warning("cannot load stored program %s from %s (%s: %s); compiling it",
+                            self.name, path, type(error).__name__, error)
+            else:
+                _report("Loaded stored program %s in %.6f sec", self.name, time.perf_counter() - started)
+                return compiled
+        compiled = self.jitted.lower(*args, **static).compile()
+        if path is not None:
+            started = time.perf_counter()
+            try:
+                data = pickle.dumps(serialize_executable.serialize(compiled))
+                with atomic_path(path) as temporary:
+                    temporary.write_bytes(data)
+            except (ValueError, NotImplementedError, TypeError, pickle.PicklingError, OSError) as error:
+                log.debug("cannot store program %s: %s", self.name, error)
+            else:
+                _report("Stored program %s in %.6f sec", self.name, time.perf_counter() - started)
+        return compiled
+
