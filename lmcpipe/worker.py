@@ -80,10 +80,14 @@ RESOURCE_LIMITS = (
     "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE",
 )
 
-# Modules a step may import; each is imported by the worker once.
+# Modules a step may import; each is imported by the worker once. Steps
+# import some of them only when they run (the digits loader, Parquet
+# datasets, the JAX modules of lowering and of stored programs).
 PRELOAD = (
-    "numpy", "scipy.optimize", "scipy.stats", "pyarrow.parquet", "jax", "jax.numpy",
-    "flax.linen", "optax", "sklearn", "skdim", "ot",
+    "numpy", "scipy.optimize", "scipy.stats", "pyarrow.parquet", "pyarrow.dataset",
+    "pyarrow.pandas_compat", "jax", "jax.numpy", "jax.experimental.serialize_executable",
+    "jaxlib.mlir.dialects.mhlo", "flax.linen", "optax", "sklearn", "sklearn.datasets",
+    "sklearn.model_selection", "skdim", "ot",
     "lmcpipe.cli", "lmcpipe.training", "lmcpipe.neurons", "lmcpipe.dimension",
     "lmcpipe.statistics", "lmcpipe.alignment", "lmcpipe.wasserstein", "lmcpipe.barriers",
     "lmcpipe.aggregate", "lmcpipe.theory", "lmcpipe.convergence", "lmcpipe.data", "lmcpipe.plots",
