@@ -149,12 +149,12 @@ def _make_programs(spec: TrainSpec, n_train: int, input_dim: int, n_classes: int
     """Return the un-jitted initialisation, epoch and evaluation functions.
 
     ``initialise`` builds the state of all seeds at once. ``epoch`` and
-    ``evaluate`` work on one seed. None of them depends on the learning rate,
-    the momentum or the warmup's initial learning rate, which ``epoch`` takes
-    as the argument ``hyperparameters``, so settings that differ only in
-    those share one compiled program.
+    ``evaluate`` work on one seed; ``epoch`` takes its minibatches from
+    :func:`_make_order`. None of them depends on the learning rate, the
+    momentum or the warmup's initial learning rate, which ``epoch`` takes as
+    the argument ``hyperparameters``, so settings that differ only in those
+    share one compiled program.
     """
-    steps = steps_per_epoch(spec, n_train)
     # Only the optimizer state's structure comes from here, not the scalars.
     init_optimizer = make_optimizer(spec, n_train)
 
@@ -168,11 +168,8 @@ def _make_programs(spec: TrainSpec, n_train: int, input_dim: int, n_classes: int
 
         return jax.vmap(one_seed)(seeds)
 
-    def epoch(params, opt_state, order_key, epoch_index, hyperparameters, x, y):
+    def epoch(params, opt_state, batches, hyperparameters, x, y):
         optimizer = make_optimizer(spec, n_train, **hyperparameters)
-        key = jax.random.fold_in(order_key, epoch_index)
-        order = jax.random.permutation(key, n_train)[: steps * spec.batch_size]
-        batches = order.reshape(steps, spec.batch_size)
 
         def step(carry, indices):
             params, opt_state = carry
@@ -197,24 +194,45 @@ def _make_programs(spec: TrainSpec, n_train: int, input_dim: int, n_classes: int
     return initialise, epoch, evaluate
 
 
+def _make_order(n_train: int, batch_size: int):
+    """Return the function that draws every seed's minibatches of one epoch.
+
+    It depends on the number of training examples and the batch size only.
+    As a program of its own, it compiles once for all widths and learning
+    rates of a study, instead of inside the epoch program of every width.
+    """
+    steps = n_train // batch_size
+
+    def order(order_keys, epoch_index):
+        def one_seed(order_key):
+            key = jax.random.fold_in(order_key, epoch_index)
+            permutation = jax.random.permutation(key, n_train)[: steps * batch_size]
+            return permutation.reshape(steps, batch_size)
+
+        return jax.vmap(one_seed)(order_keys)
+
+    return order
+
+
 def _compile_programs(spec: TrainSpec, n_train: int, input_dim: int, n_classes: int, use_vmap: bool):
     """Jit the ``(initialise, epoch, evaluate)`` programs of one execution path.
 
-    Every leaf of the training state has a leading seed axis on both paths. With
-    ``use_vmap`` the epoch program trains all seeds at once. Without it, the
-    epoch program trains the seed at ``position`` and writes it back in
-    place, and evaluation runs the seeds one after another within one
-    program, so either needs memory for one seed's activations only.
+    Every leaf of the training state has a leading seed axis on both paths,
+    and so have the minibatches. With ``use_vmap`` the epoch program trains
+    all seeds at once. Without it, the epoch program trains the seed at
+    ``position`` and writes it back in place, and evaluation runs the seeds
+    one after another within one program, so either needs memory for one
+    seed's activations only.
     """
     initialise, epoch, evaluate = _make_programs(spec, n_train, input_dim, n_classes)
     if use_vmap:
         epoch_program = jax.jit(
-            jax.vmap(epoch, in_axes=(0, 0, 0, None, None, None, None)), donate_argnums=(0, 1)
+            jax.vmap(epoch, in_axes=(0, 0, 0, None, None, None)), donate_argnums=(0, 1)
         )
         evaluate_program = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None)))
     else:
 
-        def epoch_at(params, opt_state, order_keys, position, epoch_index, hyperparameters, x, y):
+        def epoch_at(params, opt_state, batches, position, hyperparameters, x, y):
             def take(tree):
                 return jax.tree_util.tree_map(lambda leaf: leaf[position], tree)
 
@@ -222,7 +240,7 @@ def _compile_programs(spec: TrainSpec, n_train: int, input_dim: int, n_classes: 
                 return jax.tree_util.tree_map(lambda leaf, value: leaf.at[position].set(value), tree, new)
 
             new_params, new_opt_state = epoch(
-                take(params), take(opt_state), order_keys[position], epoch_index, hyperparameters, x, y
+                take(params), take(opt_state), batches[position], hyperparameters, x, y
             )
             return put(params, new_params), put(opt_state, new_opt_state)
 
@@ -233,6 +251,12 @@ def _compile_programs(spec: TrainSpec, n_train: int, input_dim: int, n_classes: 
         evaluate_program = jax.jit(evaluate_each)
     options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
     return jax.jit(initialise, compiler_options=options), epoch_program, evaluate_program
+
+
+@functools.lru_cache(maxsize=4)
+def _order_program(n_train: int, batch_size: int) -> StoredProgram:
+    return StoredProgram("training.order", jax.jit(_make_order(n_train, batch_size)),
+                         dict(n_train=n_train, batch_size=batch_size))
 
 
 @functools.lru_cache(maxsize=8)
@@ -418,6 +442,7 @@ def train_seeds(
     initialise, epoch_program, evaluate_program = _programs_for(
         spec, n_train, dataset.input_dim, dataset.n_classes, use_vmap
     )
+    order_program = _order_program(n_train, spec.batch_size)
     hyperparameters = _hyperparameters(spec)
     data = tuple(
         jax.device_put(array)
@@ -440,18 +465,18 @@ def train_seeds(
         for position in range(len(seeds)):
             _history_row(state.histories[position], 0, metrics[position])
     for index in range(state.epoch + 1, spec.epochs + 1):
-        epoch_index = np.int32(index)
+        batches = order_program(order_keys, np.int32(index))
         if use_vmap:
             state.params, state.opt_state = epoch_program(
-                state.params, state.opt_state, order_keys, epoch_index, hyperparameters, data[0], data[1]
+                state.params, state.opt_state, batches, hyperparameters, data[0], data[1]
             )
         else:
             # A diverged seed is skipped and keeps its parameters.
             for position in range(len(seeds)):
                 if position not in state.diverged:
                     state.params, state.opt_state = epoch_program(
-                        state.params, state.opt_state, order_keys, np.int32(position),
-                        epoch_index, hyperparameters, data[0], data[1],
+                        state.params, state.opt_state, batches, np.int32(position),
+                        hyperparameters, data[0], data[1],
                     )
         state.epoch = index
         metrics = np.asarray(evaluate_program(state.params, *data))

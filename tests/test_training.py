@@ -86,7 +86,8 @@ def _epoch_program_text(spec, digits, width=8):
     n_train = digits.x_train.shape[0]
     initialise, epoch, _ = training._compile_programs(spec, n_train, digits.input_dim, digits.n_classes, True)
     params, opt_state, order_keys = initialise(np.int64(spec.random_seed), np.arange(2, dtype=np.int32))
-    lowered = epoch.lower(params, opt_state, order_keys, np.int32(1), training._hyperparameters(spec),
+    batches = training._order_program(n_train, spec.batch_size)(order_keys, np.int32(1))
+    lowered = epoch.lower(params, opt_state, batches, training._hyperparameters(spec),
                           digits.x_train, digits.y_train)
     return lowered.as_text(debug_info=False)
 
