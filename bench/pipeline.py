@@ -253,7 +253,9 @@ def run(smoke: bool = False) -> dict:
             if worker and runs[name]["worker_import_s"] is None:
                 raise RuntimeError("the worker did not start; see results/logs/worker.log")
             log.info("study %s: %s", name, runs[name])
-        cache_files = sum(1 for _ in (workdir / "results" / ".jax_cache").glob("*-cache"))
+        cache = workdir / "results" / ".jax_cache"
+        cache_files = sum(1 for _ in cache.glob("*-cache"))
+        stored_programs = sum(1 for _ in cache.glob("lmcpipe-programs/*.pkl"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     cold = runs["cold"]
@@ -283,6 +285,7 @@ def run(smoke: bool = False) -> dict:
         "cores": CORES,
         "runs": runs,
         "cache_entries": cache_files,
+        "stored_programs": stored_programs,
         "goal_share": GOAL_SHARE,
         "goal_met": all(split["overhead_share"] < GOAL_SHARE
                         for split in runs.values() if split["worker"]),

@@ -10,7 +10,9 @@ a setting whose programs have the same shapes as an earlier setting's,
 because the learning rate is not part of those programs. The training
 programs take the learning rate, momentum and warmup initial learning rate
 as arguments, so the ``train`` jobs of settings that differ only in those
-share their programs too.
+share their programs too. lmcpipe keeps its own programs' executables in the
+same folder as well, under keys that need no tracing (see
+:mod:`lmcpipe.programs`).
 """
 
 from __future__ import annotations
