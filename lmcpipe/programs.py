@@ -8,17 +8,22 @@ study. A :class:`StoredProgram` keeps each compiled executable in the same
 folder under a key made without tracing, from what determines the program:
 
 * its name and the settings that shape it, given by the caller;
-* the tree structure, shapes and dtypes of its arguments, and the values of
-  its static arguments;
+* the tree structure (with each node's type), shapes, dtypes and device
+  placement of its arguments, and the values of its static arguments;
 * the source of every lmcpipe module, as it was when this module was
   imported;
 * the versions of JAX, jaxlib, Flax, Optax, NumPy and ml_dtypes, JAX's
-  configuration, ``XLA_FLAGS``, the backend and its devices, and the CPU.
+  configuration in effect, ``XLA_FLAGS``, the backend and its devices, and
+  the CPU.
 
 A key that matches loads the executable with
 ``jax.experimental.serialize_executable``; any other key traces, lowers and
-compiles as ``jax.jit`` does (which still uses JAX's cache) and stores the
-result. An entry that cannot be read is compiled again and replaced.
+compiles as ``jax.jit`` does and stores the result. An entry whose checksum
+or contents do not match is compiled again and replaced.
+
+Only an executable that XLA compiled in this call is stored. One that JAX
+took from its own cache runs, but serialises without all of its code: loaded
+in another process, it fails when it runs.
 
 The settings a caller gives must be everything its function depends on
 besides the arguments: a closed-over value missing from them would load
@@ -50,7 +55,8 @@ from lmcpipe.io import atomic_path
 log = logging.getLogger(__name__)
 
 # Bumped when the layout of an entry or of the key changes.
-FORMAT = 1
+FORMAT = 2
+_MAGIC = b"lmcpipe-program\n"
 SUBFOLDER = "lmcpipe-programs"
 
 # JAX settings that change logging or caching, not the programs.
@@ -91,7 +97,7 @@ def _cpu() -> str:
 
 
 def _environment_key() -> str:
-    """Return everything outside the program and its arguments that its executable depends on."""
+    """Return what outside the program, its arguments and JAX's settings its executable depends on."""
     global _environment
     if _environment is None:
         import flax
@@ -100,13 +106,10 @@ def _environment_key() -> str:
         import optax
 
         devices = jax.devices()
-        settings = {name: repr(value) for name, value in jax.config.values.items()
-                    if name not in _UNRELATED_SETTINGS}
         _environment = json.dumps({
             "source": _SOURCE,
             "versions": [jax.__version__, jaxlib.__version__, flax.__version__, optax.__version__,
                          np.__version__, ml_dtypes.__version__],
-            "settings": settings,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "backend": [devices[0].platform, devices[0].client.platform_version,
                         [device.device_kind for device in devices]],
@@ -116,9 +119,32 @@ def _environment_key() -> str:
     return _environment
 
 
+def _settings_key() -> str:
+    """Return JAX's settings in effect, context managers such as ``jax.enable_x64`` included."""
+    return json.dumps({name: repr(value) for name, value in jax.config.values.items()
+                       if name not in _UNRELATED_SETTINGS}, sort_keys=True)
+
+
+def _trace_context():
+    """Return a cheap, hashable token of JAX's settings in effect (JAX's own jit cache uses it)."""
+    from jax._src import config
+
+    return config.trace_context() if hasattr(config, "trace_context") else _settings_key()
+
+
+def _tree_key(tree) -> list | str:
+    """Describe a tree structure with each node's module-qualified type, which its string form lacks."""
+    data = tree.node_data()
+    if data is None:
+        return "*"
+    kind, auxiliary = data
+    return [f"{kind.__module__}.{kind.__qualname__}", repr(auxiliary),
+            [_tree_key(child) for child in tree.children()]]
+
+
 def _leaf_type(leaf) -> tuple:
     if isinstance(leaf, jax.Array):
-        return (leaf.shape, str(leaf.dtype), leaf.aval.weak_type)
+        return (leaf.shape, str(leaf.dtype), leaf.aval.weak_type, str(leaf.sharding))
     if isinstance(leaf, (bool, int, float, complex)):
         return ((), type(leaf).__name__, True)
     array = np.asarray(leaf)
@@ -158,7 +184,8 @@ class StoredProgram:
 
     def __call__(self, *args, **static):
         leaves, tree = jax.tree_util.tree_flatten(args)
-        signature = (tree, tuple(_leaf_type(leaf) for leaf in leaves), tuple(sorted(static.items())))
+        signature = (tree, tuple(_leaf_type(leaf) for leaf in leaves),
+                     tuple(sorted(static.items())), _trace_context())
         compiled = self._compiled.get(signature)
         if compiled is None:
             compiled = self._compiled[signature] = self._load_or_compile(args, static, signature)
@@ -172,38 +199,84 @@ class StoredProgram:
         return len(self._compiled)
 
     def _key(self, signature) -> str:
-        tree, types, static = signature
-        text = json.dumps([FORMAT, self.name, self.settings, str(tree), types, static,
-                           _environment_key()], sort_keys=True, default=str)
+        tree, types, static, _ = signature
+        text = json.dumps([FORMAT, self.name, self.settings, _tree_key(tree), types, static,
+                           _settings_key(), _environment_key()], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _load_or_compile(self, args, static, signature):
-        from jax.experimental import serialize_executable
-
         folder = _cache_folder()
         path = folder / f"{self._key(signature)}.pkl" if folder is not None else None
         if path is not None and path.exists():
-            started = time.perf_counter()
-            try:
-                compiled = serialize_executable.deserialize_and_load(*pickle.loads(path.read_bytes()))
-            # Whatever a truncated, corrupt or incompatible entry raises, the
-            # program is compiled again and the entry replaced.
-            except Exception as error:
-                log.warning("cannot load stored program %s from %s (%s: %s); compiling it",
-                            self.name, path, type(error).__name__, error)
-            else:
-                _report("Loaded stored program %s in %.6f sec", self.name, time.perf_counter() - started)
+            compiled = self._load(path)
+            if compiled is not None:
                 return compiled
-        compiled = self.jitted.lower(*args, **static).compile()
-        if path is not None:
-            started = time.perf_counter()
-            try:
-                data = pickle.dumps(serialize_executable.serialize(compiled))
-                with atomic_path(path) as temporary:
-                    temporary.write_bytes(data)
-            except (ValueError, NotImplementedError, TypeError, pickle.PicklingError, OSError) as error:
-                log.debug("cannot store program %s: %s", self.name, error)
-            else:
-                _report("Stored program %s in %.6f sec", self.name, time.perf_counter() - started)
+        compiled, fresh = _compile(self.jitted, args, static)
+        if path is not None and fresh:
+            self._store(path, compiled)
         return compiled
 
+    def _load(self, path: Path):
+        from jax.experimental import serialize_executable
+
+        started = time.perf_counter()
+        try:
+            data = path.read_bytes()
+            header = len(_MAGIC) + hashlib.sha256().digest_size
+            payload = data[header:]
+            if data[:len(_MAGIC)] != _MAGIC or data[len(_MAGIC):header] != hashlib.sha256(payload).digest():
+                raise ValueError("the entry is incomplete or damaged")
+            compiled = serialize_executable.deserialize_and_load(*pickle.loads(payload))
+        # Whatever an unreadable or incompatible entry raises, the program is
+        # compiled again and the entry replaced.
+        except Exception as error:
+            log.warning("cannot load stored program %s from %s (%s: %s); compiling it",
+                        self.name, path, type(error).__name__, error)
+            return None
+        _report("Loaded stored program %s in %.6f sec", self.name, time.perf_counter() - started)
+        return compiled
+
+    def _store(self, path: Path, compiled) -> None:
+        from jax.experimental import serialize_executable
+
+        started = time.perf_counter()
+        try:
+            payload = pickle.dumps(serialize_executable.serialize(compiled))
+            with atomic_path(path) as temporary:
+                temporary.write_bytes(_MAGIC + hashlib.sha256(payload).digest() + payload)
+        # Storing only saves later jobs time. A program that cannot be
+        # serialised (one with a host callback, say) or a folder that cannot
+        # be written must not fail the step.
+        except Exception as error:
+            log.debug("cannot store program %s: %s", self.name, error)
+            return
+        _report("Stored program %s in %.6f sec", self.name, time.perf_counter() - started)
+
+
+def _compile(jitted, args, static):
+    """Compile ``jitted`` for ``args``; return the executable and whether XLA compiled it now.
+
+    An executable from JAX's persistent cache, or from JAX's memory of an
+    earlier compilation in this process, is not fresh.
+    """
+    events = []
+
+    def on_event(event, **kwargs):
+        events.append(event)
+
+    def on_duration(event, duration, **kwargs):
+        events.append(event)
+
+    jax.monitoring.register_event_listener(on_event)
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    try:
+        compiled = jitted.lower(*args, **static).compile()
+    finally:
+        jax.monitoring.unregister_event_listener(on_event)
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+    fresh = (_BACKEND_COMPILE_EVENT in events) and (_CACHE_HIT_EVENT not in events)
+    return compiled, fresh
+
+
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"

@@ -139,7 +139,11 @@ def run_in_worker(argv: list[str]) -> int | None:
         if first is None or "rejected" in first:
             return None
         # From here on the step runs in the worker's child: never run it twice.
-        last = _read_message(reader)
+        try:
+            last = _read_message(reader)
+        except KeyboardInterrupt:
+            # The worker stops the child when this connection closes.
+            return 128 + signal.SIGINT
         if last is None or "exit" not in last:
             print(f"lmcpipe: the worker running this command (pid {first.get('accepted')}) "
                   "stopped before it finished", file=sys.stderr)
@@ -690,8 +694,15 @@ class WorkflowWorker:
         self.log_path = log_path
         self.worker: Worker | None = None
 
-    def prestart(self, argv: list[str]) -> None:
-        if self.worker is None and command_runs_jobs(argv):
+    def prestart(self, argv: list[str], config: dict) -> None:
+        """Start the worker when ``argv`` plainly runs jobs here and ``config`` asks for one.
+
+        The config is read before lmcpipe checks it, so anything but a
+        mapping with ``worker`` unset or true means no early start.
+        """
+        runtime = config.get("runtime", {})
+        wanted = isinstance(runtime, dict) and runtime.get("worker", True) is True
+        if self.worker is None and wanted and command_runs_jobs(argv):
             self.worker = start(self.log_path, publish=False)
 
     def serve(self) -> None:
@@ -732,9 +743,19 @@ def command_runs_jobs(argv: list[str], environ: dict | None = None) -> bool:
     executor) only after it has parsed the workflow, while the workflow
     wants to start its worker during the parse (see workflow/Snakefile).
     False means "not sure": the workflow then waits for ``onstart``.
+
+    NOTE: options set in a profile are not seen. A profile's ``dry-run:
+    true`` starts a worker that only ends with Snakemake, after 2 to 3 s of
+    imports in the background and a line in its log.
     """
     environ = os.environ if environ is None else environ
-    if environ.get("SNAKEMAKE_PROFILE"):
+    if environ.get("SNAKEMAKE_PROFILE") or not argv:
+        return False
+    # Snakemake's own command line: its script, or `python -m snakemake`.
+    # Under Snakemake's Python API, argv is the calling program's.
+    program = os.path.normpath(argv[0])
+    if os.path.basename(program) != "snakemake" and not program.endswith(
+            os.path.join("snakemake", "__main__.py")):
         return False
     for word in argv[1:]:
         if word == "--":

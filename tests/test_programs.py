@@ -137,6 +137,71 @@ def test_loaded_program_keeps_donation(folder):
     np.testing.assert_array_equal(result["w"], np.full(4, 2.0))
 
 
+def test_executable_from_jax_memory_is_not_stored(folder):
+    # JAX compiled the program already in this process, so it hands back
+    # what it holds rather than a fresh compilation. Such an executable (like
+    # one from JAX's persistent cache) may serialise without all of its code,
+    # so it must not be stored.
+    x = np.arange(6, dtype=np.float32)
+    program = new_program()
+    program.jitted.lower(x, np.float32(2), power=3).compile()
+    assert float(program(x, np.float32(2), power=3)) == float(np.sum(x**3) * 2)
+    assert not list(folder.glob("*.pkl"))
+    # Control: freshly compiled, it is stored.
+    new_program()(x, np.float32(2), power=3)
+    assert len(list(folder.glob("*.pkl"))) == 1
+
+
+def test_settings_in_effect_are_part_of_the_key(folder):
+    def scale(x):
+        return jnp.asarray(1.1) * x
+
+    program = StoredProgram("test.scale", jax.jit(scale))
+    x = np.arange(3, dtype=np.int32)
+    assert program(x).dtype == jnp.float32
+    with jax.enable_x64(True):
+        assert program(x).dtype == jnp.float64
+    assert len(list(folder.glob("*.pkl"))) == 2
+    jax.clear_caches()
+    assert StoredProgram("test.scale", jax.jit(scale))(x).dtype == jnp.float32
+
+
+def test_node_types_are_part_of_the_key():
+    import collections
+
+    first = collections.namedtuple("Pair", "a b")
+    second = collections.namedtuple("Pair", "a b")
+    second.__module__ = "elsewhere"
+    trees = [jax.tree_util.tree_structure(kind(1, 2)) for kind in (first, second)]
+    assert str(trees[0]) == str(trees[1])
+    assert programs._tree_key(trees[0]) != programs._tree_key(trees[1])
+
+
+def test_program_with_host_callback_runs_unstored(folder, capfd):
+    def noisy(x):
+        jax.debug.print("sum {}", jnp.sum(x))
+        return x * 2
+
+    jax.clear_caches()
+    result = StoredProgram("test.noisy", jax.jit(noisy))(np.ones(3, np.float32))
+    np.testing.assert_array_equal(result, np.full(3, 2.0))
+    assert "sum 3" in capfd.readouterr().out
+
+
+def test_damaged_entry_is_compiled_again(folder, caplog):
+    x = np.arange(6, dtype=np.float32)
+    expected = new_program()(x, np.float32(2), power=3)
+    (entry,) = folder.glob("*.pkl")
+    data = bytearray(entry.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)
+    entry.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="lmcpipe.programs"):
+        result = new_program()(x, np.float32(2), power=3)
+    assert float(result) == float(expected)
+    assert "incomplete or damaged" in caplog.text
+
+
 TRAIN = """
 import json, logging, sys
 import numpy as np
@@ -146,22 +211,39 @@ enable_compilation_cache()
 from lmcpipe.data import load_dataset
 from lmcpipe.spec import TrainSpec
 from lmcpipe.training import train_seeds
-spec = TrainSpec("digits", 1, 8, 0.05, epochs=2, batch_size=128)
+spec = TrainSpec("digits", 1, 8, 0.05, epochs={epochs}, batch_size=128)
 results = train_seeds(spec, [0, 1], load_dataset("digits"))
 print(json.dumps([r.params["hidden_0"]["kernel"].tolist() for r in results]))
 """
 
 
+def train_in_new_process(cache, epochs=2):
+    env = {**os.environ, CACHE_ENV_VAR: str(cache), "JAX_LOG_COMPILES": "1"}
+    run = subprocess.run([sys.executable, "-c", TRAIN.format(epochs=epochs)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 def test_second_training_process_traces_nothing(tmp_path):
-    env = {**os.environ, CACHE_ENV_VAR: str(tmp_path / "cache"), "JAX_LOG_COMPILES": "1"}
-    runs = [subprocess.run([sys.executable, "-c", TRAIN], capture_output=True, text=True,
-                           env=env, timeout=300) for _ in range(2)]
-    for run in runs:
-        assert run.returncode == 0, run.stderr[-3000:]
-    first, second = runs
+    first, second = (train_in_new_process(tmp_path / "cache") for _ in range(2))
     assert "Finished tracing" in first.stderr
     assert "Stored program training.epoch" in first.stderr
     for name in ("initialise", "epoch", "evaluate"):
         assert f"Loaded stored program training.{name}" in second.stderr
     assert "Finished tracing" not in second.stderr
     assert json.loads(first.stdout) == json.loads(second.stdout)
+
+
+def test_programs_from_jax_cache_are_stored_later_and_run(tmp_path):
+    # Two epochs counts give the same initialisation program under two keys:
+    # the second run takes it from JAX's cache and must not store it. Every
+    # later run must still run, and give the same result as a run without
+    # any cache.
+    cache = tmp_path / "cache"
+    train_in_new_process(cache, epochs=2)
+    second = train_in_new_process(cache, epochs=3)
+    assert "Persistent compilation cache hit" in second.stderr
+    third = train_in_new_process(cache, epochs=3)
+    uncached = train_in_new_process("", epochs=3)
+    assert json.loads(second.stdout) == json.loads(third.stdout) == json.loads(uncached.stdout)

@@ -195,6 +195,11 @@ def test_worker_stops_while_importing_when_its_parent_exits(tmp_path):
     (["snakemake", "--touch"], False),
     (["snakemake", "-t"], False),
     (["snakemake", "--cores", "1", "--", "all"], False),
+    (["/usr/lib/python3/site-packages/snakemake/__main__.py", "--cores", "2"], True),
+    (["/home/user/.venv/bin/snakemake", "--cores", "2"], True),
+    (["analysis.py"], False),
+    (["/usr/bin/pytest", "-q"], False),
+    ([], False),
 ])
 def test_command_runs_jobs(argv, runs):
     assert worker_module.command_runs_jobs(argv, {}) is runs
@@ -207,7 +212,11 @@ def test_profile_in_environment_is_not_plainly_local():
 def test_workflow_worker_publishes_only_when_served(tmp_path, monkeypatch):
     monkeypatch.delenv(worker_module.ADDRESS_ENV_VAR, raising=False)
     workflow_worker = worker_module.WorkflowWorker(tmp_path / "worker.log")
-    workflow_worker.prestart(["snakemake", "--cores", "2"])
+    for config in ({"runtime": "off"}, {"runtime": None}, {"runtime": {"worker": False}},
+                   {"runtime": {"worker": "no"}}):
+        workflow_worker.prestart(["snakemake", "--cores", "2"], config)
+        assert workflow_worker.worker is None
+    workflow_worker.prestart(["snakemake", "--cores", "2"], {})
     try:
         assert workflow_worker.worker is not None
         assert worker_module.ADDRESS_ENV_VAR not in os.environ
@@ -220,7 +229,7 @@ def test_workflow_worker_publishes_only_when_served(tmp_path, monkeypatch):
         workflow_worker.stop()
     assert worker_module.ADDRESS_ENV_VAR not in os.environ
     assert not Path(started.folder).exists()
-    workflow_worker.prestart(["snakemake", "--dry-run"])
+    workflow_worker.prestart(["snakemake", "--dry-run"], {})
     assert workflow_worker.worker is None
 
 
