@@ -99,9 +99,10 @@ def random_dataset(input_dim: int, n_train: int, n_test: int, seed: int = 0) -> 
 
 
 def _time_call(spec, seeds, dataset, vectorize) -> dict:
-    # Both caches of compiled programs: JAX's and lmcpipe's own per shape.
+    # Every cache of compiled programs: JAX's and lmcpipe's own per shape.
     jax.clear_caches()
     training._cached_programs.cache_clear()
+    training._order_program.cache_clear()
     with warnings.catch_warnings(record=True) as caught, CompileTimer() as compile_timer:
         warnings.simplefilter("always")
         start = time.perf_counter()

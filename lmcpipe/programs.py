@@ -30,10 +30,10 @@ besides the arguments: a closed-over value missing from them would load
 another program of the same name and argument shapes.
 
 NOTE: loading an entry unpickles it, as JAX's own cache does with its
-entries, so the cache folder must be as trusted as the code. Source files
-edited between this module's import and a later import of another lmcpipe
-module give keys of the old source to programs of the new one; the worker
-(lmcpipe.worker) imports every module at once.
+entries, so the cache folder must be as trusted as the code. The source
+digest is taken when this module is imported. A module edited after that
+and imported later in the same process builds programs under keys of the
+old source. The worker (lmcpipe.worker) imports every module at once.
 """
 
 from __future__ import annotations
@@ -97,7 +97,10 @@ def _cpu() -> str:
 
 
 def _environment_key() -> str:
-    """Return what outside the program, its arguments and JAX's settings its executable depends on."""
+    """Return the part of the key that stays the same within a process.
+
+    That is lmcpipe's source, the library versions, ``XLA_FLAGS``, the backend and the CPU.
+    """
     global _environment
     if _environment is None:
         import flax
@@ -195,7 +198,7 @@ class StoredProgram:
         return self.jitted.lower(*args, **static)
 
     def cache_size(self) -> int:
-        """Return the number of executables this process holds (one per argument signature)."""
+        """Return the number of executables in this process's memory, one per argument signature."""
         return len(self._compiled)
 
     def _key(self, signature) -> str:

@@ -695,7 +695,7 @@ class WorkflowWorker:
         self.worker: Worker | None = None
 
     def prestart(self, argv: list[str], config: dict) -> None:
-        """Start the worker when ``argv`` plainly runs jobs here and ``config`` asks for one.
+        """Start the worker when ``argv`` plainly runs jobs here and ``config`` requests one.
 
         The config is read before lmcpipe checks it, so anything but a
         mapping with ``worker`` unset or true means no early start.
