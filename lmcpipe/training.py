@@ -5,13 +5,16 @@ seed index gives the run key, split into an initialisation key and a
 data-order key, so the members of a pair differ in both. The data-order key
 is folded with the epoch index to shuffle each epoch.
 
-A training job compiles three XLA programs: the initial state of all seeds
-(parameters, optimizer state and data-order keys), one epoch (``lax.scan``
-over the SGD steps, with the data on the device), and the evaluation on both
-splits. The learning rate, momentum, warmup initial learning rate and random
-seed are arguments of these programs, not constants, so settings that differ
-only in those share the programs, within a process and through the
-persistent compilation cache (:mod:`lmcpipe.runtime`).
+A training job runs four XLA programs: the initial state of all seeds
+(parameters, optimizer state and data-order keys), the minibatches of one
+epoch, one epoch (``lax.scan`` over the SGD steps, with the data on the
+device), and the evaluation on both splits. The learning rate, momentum,
+warmup initial learning rate and random seed are arguments of these
+programs, not constants, so settings that differ only in those share the
+programs, within a process and through the compilation cache
+(:mod:`lmcpipe.runtime`, :mod:`lmcpipe.programs`). The minibatch program
+depends on the number of examples and the batch size only, so all widths
+share it too.
 
 The seeds of a setting train either in one program with ``jax.vmap`` or one
 after another (the loop), which needs activation memory for one seed only.
