@@ -93,6 +93,12 @@ PRELOAD = (
     "lmcpipe.aggregate", "lmcpipe.theory", "lmcpipe.convergence", "lmcpipe.data", "lmcpipe.plots",
 )
 
+# The worker's command (`python -c`): sys.path[0] is then the working folder,
+# which it drops before importing lmcpipe.
+_WORKER_MAIN = (
+    "import sys; del sys.path[0]; "
+    "from lmcpipe.worker import main; sys.exit(main(sys.argv[1:]))"
+)
 _HEADER = struct.Struct("!I")
 _MAX_REQUEST = 16 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -665,8 +671,12 @@ def start(log_path: str | os.PathLike, timeout: float = 30.0, publish: bool = Tr
         log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} starting a worker for "
                        f"process {os.getpid()}\n")
         log_file.flush()
+        # Without the working folder on sys.path, which `python -m` would put
+        # first: the worker must import the lmcpipe that the `lmcpipe`
+        # command imports, not a checkout that happens to be the workflow's
+        # folder (requests from another copy are rejected).
         process = subprocess.Popen(
-            [sys.executable, "-m", "lmcpipe.worker", address, "--parent", str(os.getpid())],
+            [sys.executable, "-c", _WORKER_MAIN, address, "--parent", str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -157,6 +157,22 @@ def test_worker_stops_when_its_parent_exits(tmp_path):
     assert wait_for(lambda: not address.exists(), 60)
 
 
+def test_worker_ignores_a_checkout_in_its_working_folder(tmp_path, monkeypatch):
+    # A workflow run from a checkout while lmcpipe is installed elsewhere: the
+    # worker must import what the `lmcpipe` command imports.
+    checkout = tmp_path / "checkout"
+    (checkout / "lmcpipe").mkdir(parents=True)
+    (checkout / "lmcpipe" / "__init__.py").write_text("raise ImportError('the checkout copy')\n")
+    monkeypatch.chdir(checkout)
+    worker, address = start_worker(tmp_path / "worker.log")
+    try:
+        result = lmcpipe(BOUNDS, address, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert served(tmp_path / "worker.log", "bounds")
+    finally:
+        worker.stop()
+
+
 def test_worker_stops_while_importing_when_its_parent_exits(tmp_path):
     # The parent exits as soon as the socket is there, long before the
     # worker's imports end: the kernel's signal stops the worker at once.
