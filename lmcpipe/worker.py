@@ -93,8 +93,10 @@ PRELOAD = (
     "lmcpipe.aggregate", "lmcpipe.theory", "lmcpipe.convergence", "lmcpipe.data", "lmcpipe.plots",
 )
 
-# The worker's command (`python -c`): sys.path[0] is then the working folder,
-# which it drops before importing lmcpipe.
+# The worker's command. `python -c` puts the working folder first on sys.path,
+# and the command drops it: the worker must import the lmcpipe that the
+# `lmcpipe` command imports, not a checkout that happens to be the workflow's
+# folder, because requests from another copy are rejected.
 _WORKER_MAIN = (
     "import sys; del sys.path[0]; "
     "from lmcpipe.worker import main; sys.exit(main(sys.argv[1:]))"
@@ -671,10 +673,6 @@ def start(log_path: str | os.PathLike, timeout: float = 30.0, publish: bool = Tr
         log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} starting a worker for "
                        f"process {os.getpid()}\n")
         log_file.flush()
-        # Without the working folder on sys.path, which `python -m` would put
-        # first: the worker must import the lmcpipe that the `lmcpipe`
-        # command imports, not a checkout that happens to be the workflow's
-        # folder (requests from another copy are rejected).
         process = subprocess.Popen(
             [sys.executable, "-c", _WORKER_MAIN, address, "--parent", str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
@@ -711,8 +709,8 @@ class WorkflowWorker:
         mapping with ``worker`` unset or true means no early start.
         """
         runtime = config.get("runtime", {})
-        wanted = isinstance(runtime, dict) and runtime.get("worker", True) is True
-        if self.worker is None and wanted and command_runs_jobs(argv):
+        requested = isinstance(runtime, dict) and runtime.get("worker", True) is True
+        if self.worker is None and requested and command_runs_jobs(argv):
             self.worker = start(self.log_path, publish=False)
 
     def serve(self) -> None:

@@ -34,3 +34,20 @@ def random_mlp(seed: int, input_dim=64, depth=3, width=24, n_classes=10):
                 for name, value in leaves.items()}
         for layer, leaves in params.items()
     }
+
+
+def count_compilations(function):
+    """Call ``function``; return its result and the number of XLA compilations it caused."""
+    count = 0
+
+    def listen(event, duration, **kwargs):
+        nonlocal count
+        if event == "/jax/core/compile/backend_compile_duration":
+            count += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        result = function()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return result, count

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import count_compilations
 from lmcpipe import programs
 from lmcpipe.programs import StoredProgram
 from lmcpipe.runtime import CACHE_ENV_VAR
@@ -25,23 +26,6 @@ def folder(tmp_path, monkeypatch):
     folder = tmp_path / "programs"
     monkeypatch.setattr(programs, "_cache_folder", lambda: folder)
     return folder
-
-
-def count_compilations(function):
-    """Call ``function``; return its result and the number of XLA compilations it caused."""
-    count = 0
-
-    def listen(event, duration, **kwargs):
-        nonlocal count
-        if event == "/jax/core/compile/backend_compile_duration":
-            count += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        result = function()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    return result, count
 
 
 def new_program(name="test.scaled_sum", settings=None):
@@ -63,7 +47,7 @@ def test_second_instance_loads_without_compiling(folder, caplog):
 
 
 @pytest.mark.parametrize("change", ["settings", "name", "shape", "dtype", "static", "weak type"])
-def test_anything_that_shapes_the_program_makes_a_new_entry(folder, change):
+def test_program_change_makes_new_entry(folder, change):
     x = np.arange(6, dtype=np.float32)
     new_program()(x, np.float32(2), power=3)
     program, args, static = new_program(), (x, np.float32(2)), {"power": 3}
@@ -131,15 +115,15 @@ def test_loaded_program_keeps_donation(folder):
     params = {"w": jnp.ones(4), "b": jnp.zeros(2)}
     make()(params, 1.0)
     fresh = {"w": jnp.ones(4), "b": jnp.zeros(2)}
-    (result, compiled) = count_compilations(lambda: make()(fresh, 1.0))
+    result, compiled = count_compilations(lambda: make()(fresh, 1.0))
     assert compiled == 0
     assert fresh["w"].is_deleted()
     np.testing.assert_array_equal(result["w"], np.full(4, 2.0))
 
 
 def test_executable_from_jax_memory_is_not_stored(folder):
-    # JAX compiled the program already in this process, so it hands back
-    # what it holds rather than a fresh compilation. Such an executable (like
+    # JAX compiled the program already in this process, so it returns the
+    # executable in its memory rather than a fresh compilation. Such an executable (like
     # one from JAX's persistent cache) may serialise without all of its code,
     # so it must not be stored.
     x = np.arange(6, dtype=np.float32)
@@ -235,7 +219,7 @@ def test_second_training_process_traces_nothing(tmp_path):
     assert json.loads(first.stdout) == json.loads(second.stdout)
 
 
-def test_programs_from_jax_cache_are_stored_later_and_run(tmp_path):
+def test_jax_cache_hits_stay_runnable(tmp_path):
     # Two epochs counts give the same initialisation program under two keys:
     # the second run takes it from JAX's cache and must not store it. Every
     # later run must still run, and give the same result as a run without

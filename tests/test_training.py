@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import count_compilations
 from lmcpipe import training
 from lmcpipe.models import init_params
 from lmcpipe.spec import TrainSpec
@@ -64,23 +65,6 @@ def test_batch_larger_than_data_rejected(digits):
         train_seeds(spec, [0], digits)
 
 
-def _count_compilations(function):
-    """Call ``function`` and return the number of XLA compilations it caused."""
-    count = 0
-
-    def listen(event, duration, **kwargs):
-        nonlocal count
-        if event == "/jax/core/compile/backend_compile_duration":
-            count += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        function()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    return count
-
-
 def _epoch_program_text(spec, digits, width=8):
     spec = dataclasses.replace(spec, width=width)
     n_train = digits.x_train.shape[0]
@@ -106,10 +90,10 @@ def test_second_lr_reuses_compiled_programs(digits):
     second = dataclasses.replace(first, lr=0.2)
     for vectorize in (True, False):
         before = train_seeds(first, [0, 1], digits, vectorize=vectorize)
-        results = []
-        assert _count_compilations(
-            lambda: results.extend(train_seeds(second, [0, 1], digits, vectorize=vectorize))
-        ) == 0
+        results, compilations = count_compilations(
+            lambda: train_seeds(second, [0, 1], digits, vectorize=vectorize)
+        )
+        assert compilations == 0
         assert not np.array_equal(before[0].params["hidden_0"]["kernel"], results[0].params["hidden_0"]["kernel"])
         # A fresh compilation gives the same result, so the shared program did use lr=0.2.
         jax.clear_caches()

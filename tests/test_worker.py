@@ -157,7 +157,7 @@ def test_worker_stops_when_its_parent_exits(tmp_path):
     assert wait_for(lambda: not address.exists(), 60)
 
 
-def test_worker_ignores_a_checkout_in_its_working_folder(tmp_path, monkeypatch):
+def test_worker_ignores_checkout_in_cwd(tmp_path, monkeypatch):
     # A workflow run from a checkout while lmcpipe is installed elsewhere: the
     # worker must import what the `lmcpipe` command imports.
     checkout = tmp_path / "checkout"
@@ -173,7 +173,7 @@ def test_worker_ignores_a_checkout_in_its_working_folder(tmp_path, monkeypatch):
         worker.stop()
 
 
-def test_worker_stops_while_importing_when_its_parent_exits(tmp_path):
+def test_worker_stops_with_parent_during_imports(tmp_path):
     # The parent exits as soon as the socket is there, long before the
     # worker's imports end: the kernel's signal stops the worker at once.
     address = tmp_path / "socket"
