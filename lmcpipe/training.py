@@ -50,7 +50,7 @@ from jax.typing import ArrayLike
 
 from lmcpipe.data import Dataset
 from lmcpipe.models import init_params, loss_and_correct
-from lmcpipe.programs import StoredProgram
+from lmcpipe.programs import CHEAP_COMPILE, FAST_COMPILE, StoredProgram
 from lmcpipe.spec import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,17 @@ def make_optimizer(
     return optax.sgd(schedule, momentum=momentum if spec.momentum else None)
 
 
-# XLA options for the parameter initialisation on the CPU. The program runs
-# once per job, yet it is the costliest of a job's programs to compile: LLVM's
-# full optimisation of the unrolled Threefry rounds behind each random
-# initialiser takes 1 to 3 s. Level 1 compiles it about three times faster
-# and gives the same bits (tests/test_training.py checks both).
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+# XLA options of each training program on the CPU (lmcpipe.programs). The
+# initialisation runs once per job, yet it was the costliest program to
+# compile: LLVM's full optimisation of the unrolled Threefry rounds behind
+# each random initialiser takes 1 to 3 s. All four give the same bits as with
+# XLA's defaults (tests/test_training.py checks them on three shapes).
+PROGRAM_OPTIONS = {
+    "initialise": CHEAP_COMPILE,
+    "epoch": FAST_COMPILE,
+    "evaluate": FAST_COMPILE,
+    "order": CHEAP_COMPILE,
+}
 
 
 def _hyperparameters(spec: TrainSpec) -> dict[str, np.ndarray]:
@@ -252,14 +257,13 @@ def _compile_programs(spec: TrainSpec, n_train: int, input_dim: int, n_classes: 
 
         epoch_program = jax.jit(epoch_at, donate_argnums=(0, 1))
         evaluate_program = jax.jit(evaluate_each)
-    options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-    return jax.jit(initialise, compiler_options=options), epoch_program, evaluate_program
+    return jax.jit(initialise), epoch_program, evaluate_program
 
 
 @functools.lru_cache(maxsize=4)
 def _order_program(n_train: int, batch_size: int) -> StoredProgram:
     return StoredProgram("training.order", jax.jit(_make_order(n_train, batch_size)),
-                         dict(n_train=n_train, batch_size=batch_size))
+                         dict(n_train=n_train, batch_size=batch_size), PROGRAM_OPTIONS["order"])
 
 
 @functools.lru_cache(maxsize=8)
@@ -272,7 +276,7 @@ def _cached_programs(depth, width, batch_size, epochs, warmup_steps, has_momentu
     settings = dict(depth=depth, width=width, batch_size=batch_size, epochs=epochs,
                     warmup_steps=warmup_steps, has_momentum=has_momentum, n_train=n_train,
                     input_dim=input_dim, n_classes=n_classes, use_vmap=use_vmap)
-    return tuple(StoredProgram(f"training.{name}", program, settings)
+    return tuple(StoredProgram(f"training.{name}", program, settings, PROGRAM_OPTIONS[name])
                  for name, program in zip(("initialise", "epoch", "evaluate"), programs))
 
 

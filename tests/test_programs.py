@@ -28,10 +28,11 @@ def folder(tmp_path, monkeypatch):
     return folder
 
 
-def new_program(name="test.scaled_sum", settings=None):
+def new_program(name="test.scaled_sum", settings=None, cpu_options=None):
     # A fresh jit and no compiled program in memory, as in a new process.
     jax.clear_caches()
-    return StoredProgram(name, jax.jit(_scaled_sum, static_argnames=("power",)), settings or {"k": 1})
+    return StoredProgram(name, jax.jit(_scaled_sum, static_argnames=("power",)),
+                         settings or {"k": 1}, cpu_options)
 
 
 def test_second_instance_loads_without_compiling(folder, caplog):
@@ -46,7 +47,8 @@ def test_second_instance_loads_without_compiling(folder, caplog):
     assert "Loaded stored program test.scaled_sum" in caplog.text
 
 
-@pytest.mark.parametrize("change", ["settings", "name", "shape", "dtype", "static", "weak type"])
+@pytest.mark.parametrize("change", ["settings", "name", "shape", "dtype", "static", "weak type",
+                                    "options"])
 def test_program_change_makes_new_entry(folder, change):
     x = np.arange(6, dtype=np.float32)
     new_program()(x, np.float32(2), power=3)
@@ -63,9 +65,34 @@ def test_program_change_makes_new_entry(folder, change):
         static = {"power": 2}
     elif change == "weak type":
         args = (x, 2.0)
+    elif change == "options":
+        program = new_program(cpu_options=programs.CHEAP_COMPILE)
     _, compiled = count_compilations(lambda: program(*args, **static))
     assert compiled == 1
     assert len(list(folder.glob("*.pkl"))) == 2
+
+
+def test_cpu_options_reach_the_compiler(monkeypatch):
+    seen = []
+    original = jax.stages.Lowered.compile
+
+    def compile_(self, compiler_options=None):
+        seen.append(compiler_options)
+        return original(self, compiler_options)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
+    x = np.arange(6, dtype=np.float32)
+    assert float(new_program(cpu_options=programs.CHEAP_COMPILE)(x, np.float32(2), power=3)) == 450.0
+    assert seen == [programs.CHEAP_COMPILE]
+
+
+def test_unknown_cpu_option_compiles_with_defaults(folder):
+    x = np.arange(6, dtype=np.float32)
+    program = new_program(cpu_options={"xla_cpu_no_such_option": True})
+    assert float(program(x, np.float32(2), power=3)) == float(np.sum(x**3) * 2)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option"):
+        jax.jit(_scaled_sum, static_argnames=("power",)).lower(x, np.float32(2), power=3).compile(
+            {"xla_cpu_no_such_option": True})
 
 
 def test_other_source_makes_a_new_entry(folder, monkeypatch):

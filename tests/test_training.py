@@ -121,23 +121,47 @@ def test_initial_parameters_follow_seed_keys(digits):
                                       jax.random.key_data(order_key))
 
 
+@pytest.mark.parametrize("use_vmap", [True, False])
 @pytest.mark.parametrize("depth, width, input_dim", [(1, 16, 64), (2, 100, 64), (3, 512, 784)])
-def test_cheaper_init_compilation_gives_the_same_bits(depth, width, input_dim):
-    # The initialisation compiles at a lower XLA optimisation level on the CPU;
-    # it must give exactly what the default level gives.
-    spec = TrainSpec("random", depth, width, 0.05, epochs=1, batch_size=32)
-    initialise = training._make_programs(spec, 1000, input_dim, 10)[0]
+def test_cpu_compile_options_give_the_same_bits(depth, width, input_dim, use_vmap):
+    # On the CPU the training programs compile with options of their own
+    # (training.PROGRAM_OPTIONS); each must give exactly what XLA's defaults give.
+    n_train, batch_size = 256, 32
+    spec = TrainSpec("random", depth, width, 0.05, epochs=6, batch_size=batch_size)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n_train, input_dim)).astype(np.float32)
+    y = rng.integers(0, 10, n_train).astype(np.int32)
+    initialise, epoch, evaluate = training._compile_programs(spec, n_train, input_dim, 10, use_vmap)
+    order = jax.jit(training._make_order(n_train, batch_size))
+    hyperparameters = training._hyperparameters(spec)
     seeds = np.arange(3, dtype=np.int32)
-    results = [
-        jax.jit(initialise, compiler_options=options)(np.int64(5), seeds)
-        for options in (None, training.INIT_COMPILER_OPTIONS)
-    ]
-    default, cheaper = (jax.tree_util.tree_leaves(result) for result in results)
-    assert len(default) == len(cheaper)
-    for a, b in zip(default, cheaper):
-        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    def run(options):
+        def compiled(name, program, *args):
+            return program.lower(*args).compile(options[name] or None)
+
+        init_args = (np.int64(5), seeds)
+        params, opt_state, keys = compiled("initialise", initialise, *init_args)(*init_args)
+        order_program = compiled("order", order, keys, np.int32(1))
+        position = () if use_vmap else (np.int32(1),)
+        epoch_program = evaluate_program = None
+        history = []
+        # Rounding differences can take a few epochs to reach the stored bits.
+        for index in range(1, 7):
+            batches = order_program(keys, np.int32(index))
+            epoch_args = (params, opt_state, batches, *position, hyperparameters, x, y)
+            epoch_program = epoch_program or compiled("epoch", epoch, *epoch_args)
+            params, opt_state = epoch_program(*epoch_args)
+            evaluate_program = evaluate_program or compiled("evaluate", evaluate, params, x, y, x, y)
+            history.append(evaluate_program(params, x, y, x, y))
+        leaves = jax.tree_util.tree_leaves((params, opt_state, batches, history))
+        return [np.asarray(leaf) for leaf in leaves] + [np.asarray(jax.random.key_data(keys))]
+
+    default = run({name: None for name in training.PROGRAM_OPTIONS})
+    chosen = run(training.PROGRAM_OPTIONS)
+    assert len(default) == len(chosen)
+    for a, b in zip(default, chosen):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_sgd_step_flops_of_reference_model():
