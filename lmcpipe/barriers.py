@@ -37,41 +37,36 @@ def t_grid(points: int) -> np.ndarray:
     return np.linspace(0.0, 1.0, points)
 
 
-def _curve_sums_function(params_a, params_b, ts, x, y, mask, chunk):
-    """Sum loss and correct predictions over examples, for every t at once."""
+def _curve_sums_function(totals, params_a, params_b, ts, x, y, mask):
+    """Add one chunk's summed loss and correct predictions, for every t at once, to ``totals``."""
 
-    def at_all_t(x_chunk, y_chunk, m_chunk):
-        def at_t(t):
-            params = jax.tree_util.tree_map(lambda a, b: (1 - t) * a + t * b, params_a, params_b)
-            loss, correct = loss_and_correct(params, x_chunk, y_chunk)
-            return jnp.sum(loss * m_chunk), jnp.sum(correct * m_chunk)
+    def at_t(t):
+        params = jax.tree_util.tree_map(lambda a, b: (1 - t) * a + t * b, params_a, params_b)
+        loss, correct = loss_and_correct(params, x, y)
+        return jnp.sum(loss * mask), jnp.sum(correct * mask)
 
-        return jax.vmap(at_t)(ts)
-
-    def body(totals, inputs):
-        loss, correct = at_all_t(*inputs)
-        return (totals[0] + loss, totals[1] + correct), None
-
-    shape = (-1, chunk)
-    inputs = (x.reshape(shape + x.shape[1:]), y.reshape(shape), mask.reshape(shape))
-    zeros = jnp.zeros(ts.shape, jnp.float32)
-    (loss, correct), _ = jax.lax.scan(body, (zeros, zeros), inputs)
-    return loss, correct
+    loss, correct = jax.vmap(at_t)(ts)
+    return totals + jnp.stack([loss, correct])
 
 
-_curve_sums = StoredProgram(
-    "barriers.curve_sums", jax.jit(_curve_sums_function, static_argnames=("chunk",))
-)
+# One program per chunk shape, not per dataset size: both splits of a study
+# share it when they use the same chunk (see barrier_tables).
+_curve_sums = StoredProgram("barriers.curve_sums", jax.jit(_curve_sums_function, donate_argnums=0))
+
+# Examples per call of the curve program.
+CHUNK = 2048
 
 
 def interpolation_curve(
-    params_a, params_b, x: np.ndarray, y: np.ndarray, ts: np.ndarray, chunk: int = 2048
+    params_a, params_b, x: np.ndarray, y: np.ndarray, ts: np.ndarray, chunk: int = CHUNK
 ) -> dict[str, np.ndarray]:
     """Return mean loss and accuracy of :math:`\\theta(t)` on ``(x, y)`` for every t.
 
     All values of t are evaluated in one compiled program, over examples in
     chunks of ``chunk`` (the last one padded and masked), so memory grows
-    with ``len(ts) * chunk`` and not with the dataset.
+    with ``len(ts) * chunk`` and not with the dataset. The program is
+    compiled once for each chunk size and model shape, whatever the number
+    of examples.
     """
     n = x.shape[0]
     chunk = min(chunk, n)
@@ -80,10 +75,15 @@ def interpolation_curve(
     mask[:n] = 1.0
     x = np.concatenate([x, np.zeros((padded - n,) + x.shape[1:], x.dtype)])
     y = np.concatenate([y, np.zeros(padded - n, y.dtype)])
-    loss, correct = _curve_sums(
-        params_a, params_b, jnp.asarray(ts, jnp.float32), x, y, mask, chunk=chunk
-    )
-    return {"loss": np.asarray(loss, np.float64) / n, "accuracy": np.asarray(correct, np.float64) / n}
+    ts = np.asarray(ts, np.float32)
+    # On the device from the start, like the totals that each call returns,
+    # so that every call has the same argument types.
+    totals = jax.device_put(np.zeros((2, len(ts)), np.float32))
+    for start in range(0, padded, chunk):
+        part = slice(start, start + chunk)
+        totals = _curve_sums(totals, params_a, params_b, ts, x[part], y[part], mask[part])
+    loss, correct = np.asarray(totals, np.float64)
+    return {"loss": loss / n, "accuracy": correct / n}
 
 
 def barrier(ts: np.ndarray, values: np.ndarray, metric: str) -> float:
@@ -176,6 +176,8 @@ def barrier_tables(models, alignment, points: int = 25, n_diverged: int = 0,
     dataset = load_for_spec(spec)
     keys = spec.run_keys()
     splits = evaluation_splits(dataset, train_examples)
+    # The same chunk for both splits: one compiled curve program.
+    chunk = min(CHUNK, *(len(y) for _, y in splits.values()))
     permutation_structure = permutation_spec(models[0][0])
     names = list(permutation_structure.sizes)
     pairs = sorted({(row["seed_a"], row["seed_b"], row["method"]) for row in
@@ -190,7 +192,7 @@ def barrier_tables(models, alignment, points: int = 25, n_diverged: int = 0,
         params_b = apply_permutations(permutation_structure, perms, by_seed[seed_b])
         for split in SPLITS:
             x, y = splits[split]
-            curve = interpolation_curve(by_seed[seed_a], params_b, x, y, ts)
+            curve = interpolation_curve(by_seed[seed_a], params_b, x, y, ts, chunk)
             for metric in METRICS:
                 values = curve[metric]
                 curve_rows["seed_a"] += [seed_a] * len(ts)
