@@ -1,5 +1,5 @@
 import sys
 
-from lmcpipe.cli import main
+from lmcpipe.client import main
 
 sys.exit(main())

@@ -8,8 +8,8 @@ one-line message and exit status 2.
 When the environment variable ``LMCPIPE_COMPILATION_CACHE`` names a folder,
 compiled JAX programs are kept there for later runs (see
 :mod:`lmcpipe.runtime`). When ``LMCPIPE_WORKER`` names a running worker, the
-command runs in a child of that process, which has imported the
-dependencies already (see :mod:`lmcpipe.worker`).
+``lmcpipe`` command runs in a child of that process, which has imported the
+dependencies already (see :mod:`lmcpipe.client` and :mod:`lmcpipe.worker`).
 """
 
 from __future__ import annotations
@@ -351,18 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; ``argv`` defaults to the command line.
+    """Run one command in this process; ``argv`` defaults to the command line.
 
-    A command-line run hands itself to the worker named by
-    ``$LMCPIPE_WORKER`` when one runs (see :mod:`lmcpipe.worker`); a call
-    with ``argv`` from Python always runs here.
+    The ``lmcpipe`` command first offers the command to a running worker
+    (:func:`lmcpipe.client.main`); this function never does.
     """
-    if argv is None:
-        from lmcpipe.worker import run_in_worker
-
-        status = run_in_worker(sys.argv[1:])
-        if status is not None:
-            return status
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

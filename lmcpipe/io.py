@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmcpipe import __version__
-from lmcpipe.runtime import current_umask
+from lmcpipe.client import current_umask
 
 CHECKPOINT_FORMAT = "lmcpipe-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1

@@ -78,8 +78,3 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     return folder
 
 
-def current_umask() -> int:
-    """Return the process's umask, which can only be read by setting it (it is set back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

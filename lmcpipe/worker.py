@@ -38,8 +38,7 @@ its standard stream descriptors with a length-prefixed JSON request
 ``limits``). The worker replies with JSON lines, ``{"accepted": pid}`` then
 ``{"exit": status, "message": text}``, or ``{"rejected": reason}``.
 
-This module imports only the standard library at the top, because the
-caller side runs before every command.
+The caller side is :mod:`lmcpipe.client`.
 """
 
 from __future__ import annotations
@@ -51,11 +50,11 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 
-ADDRESS_ENV_VAR = "LMCPIPE_WORKER"
+from lmcpipe import client
+from lmcpipe.client import ADDRESS_ENV_VAR
 
 # Environment variables that modules read when they are imported: a child
 # inherits the worker's values, so requests must carry the same ones.
@@ -74,119 +73,40 @@ THREAD_COUNT_VARS = {
     "MKL_NUM_THREADS": "blas",
 }
 
-# Resource limits (ulimit) that a request must share with the worker.
-RESOURCE_LIMITS = (
-    "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CPU", "RLIMIT_FSIZE",
-    "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE",
-)
 
 # Modules a step may import; each is imported by the worker once. Steps
 # import some of them only when they run (the digits loader, Parquet
-# datasets, the JAX modules of lowering and of stored programs).
-PRELOAD = (
-    "numpy", "scipy.optimize", "scipy.stats", "pyarrow.parquet", "pyarrow.dataset",
-    "pyarrow.pandas_compat", "jax", "jax.numpy", "jax.experimental.serialize_executable",
-    "jaxlib.mlir.dialects.mhlo", "flax.linen", "optax", "sklearn", "sklearn.datasets",
-    "sklearn.model_selection", "skdim", "ot",
-    "lmcpipe.cli", "lmcpipe.training", "lmcpipe.neurons", "lmcpipe.dimension",
-    "lmcpipe.statistics", "lmcpipe.alignment", "lmcpipe.wasserstein", "lmcpipe.barriers",
-    "lmcpipe.aggregate", "lmcpipe.theory", "lmcpipe.convergence", "lmcpipe.data", "lmcpipe.plots",
+# datasets, the JAX modules of lowering and of stored programs). The worker
+# serves requests once it has the first group, the modules of training, which
+# the first jobs of a study run; it imports the second group between requests.
+PRELOAD_FIRST = (
+    "numpy", "pyarrow.parquet", "pyarrow.pandas_compat", "jax", "jax.numpy",
+    "jax.experimental.serialize_executable", "jaxlib.mlir.dialects.mhlo", "flax.linen", "optax",
+    "sklearn", "sklearn.datasets", "sklearn.model_selection",
+    # lmcpipe.dimension and lmcpipe.convergence: the command line takes choices from them.
+    "lmcpipe.cli", "lmcpipe.dimension", "lmcpipe.convergence", "lmcpipe.data", "lmcpipe.training",
 )
+PRELOAD_LATER = (
+    "scipy.optimize", "scipy.stats", "pyarrow.dataset", "skdim", "ot",
+    "lmcpipe.neurons", "lmcpipe.statistics", "lmcpipe.alignment", "lmcpipe.wasserstein",
+    "lmcpipe.barriers", "lmcpipe.aggregate", "lmcpipe.theory", "lmcpipe.plots",
+)
+PRELOAD = PRELOAD_FIRST + PRELOAD_LATER
 
 # The worker's command. `python -c` puts the working folder first on sys.path,
 # and the command drops it: the worker must import the lmcpipe that the
 # `lmcpipe` command imports, not a checkout that happens to be the workflow's
 # folder, because requests from another copy are rejected.
+# Once the worker has stopped, it exits without Python's teardown of its
+# many modules (0.1 s), which Snakemake would wait for at the end of a run.
 _WORKER_MAIN = (
-    "import sys; del sys.path[0]; "
-    "from lmcpipe.worker import main; sys.exit(main(sys.argv[1:]))"
+    "import os, sys; del sys.path[0]; "
+    "from lmcpipe.worker import main; status = main(sys.argv[1:]); "
+    "sys.stdout.flush(); sys.stderr.flush(); os._exit(status)"
 )
-_HEADER = struct.Struct("!I")
 _MAX_REQUEST = 16 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 _FOLDER_PREFIX = "lmcpipe-worker-"
-
-
-# Caller side ---------------------------------------------------------------
-
-
-def run_in_worker(argv: list[str]) -> int | None:
-    """Run ``lmcpipe ARGV`` in the worker named by ``$LMCPIPE_WORKER``.
-
-    Returns:
-        The command's exit status, or None when no worker is set, the
-        connection fails, or the worker rejected the request. The caller then
-        runs the command itself.
-    """
-    address = os.environ.get(ADDRESS_ENV_VAR)
-    if not address:
-        return None
-    try:
-        # A closed standard stream would be replaced by the socket below.
-        for fd in (0, 1, 2):
-            os.fstat(fd)
-        request = json.dumps({
-            "argv": list(argv),
-            "cwd": os.getcwd(),
-            "env": dict(os.environ),
-            "prefix": sys.prefix,
-            "package": _package_folder(),
-            **_process_state(),
-        }).encode()
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    except (OSError, UnicodeError):  # UnicodeError: an argument or variable that is not UTF-8
-        return None
-    with connection:
-        try:
-            connection.connect(address)
-            socket.send_fds(connection, [_HEADER.pack(len(request)) + request], [0, 1, 2])
-        except OSError:
-            return None
-        reader = connection.makefile("r", encoding="utf-8")
-        first = _read_message(reader)
-        if first is None or "rejected" in first:
-            return None
-        # From here on the step runs in the worker's child: never run it twice.
-        try:
-            last = _read_message(reader)
-        except KeyboardInterrupt:
-            # The worker stops the child when this connection closes.
-            return 128 + signal.SIGINT
-        if last is None or "exit" not in last:
-            print(f"lmcpipe: the worker running this command (pid {first.get('accepted')}) "
-                  "stopped before it finished", file=sys.stderr)
-            return 1
-        if last.get("message"):
-            print(f"lmcpipe: {last['message']}", file=sys.stderr)
-        return int(last["exit"])
-
-
-def _process_state() -> dict:
-    """Return the caller's umask, niceness and resource limits, which a fork does not carry."""
-    import resource
-
-    from lmcpipe.runtime import current_umask
-
-    limits = {name: list(resource.getrlimit(getattr(resource, name)))
-              for name in RESOURCE_LIMITS if hasattr(resource, name)}
-    return {"umask": current_umask(), "nice": os.nice(0), "limits": limits}
-
-
-def _read_message(reader) -> dict | None:
-    try:
-        line = reader.readline()
-    except OSError:
-        return None
-    if not line:
-        return None
-    try:
-        return json.loads(line)
-    except ValueError:
-        return None
-
-
-def _package_folder() -> str:
-    return os.path.dirname(os.path.abspath(__file__))
 
 
 # Worker side ---------------------------------------------------------------
@@ -246,6 +166,8 @@ class _Server:
         self.children: dict[int, _Child] = {}
         self.pending: dict[socket.socket, _Pending] = {}
         self.stopping: list[str] = []
+        self.later = list(PRELOAD_LATER)
+        self.later_started: float | None = None
 
     def run(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -258,21 +180,26 @@ class _Server:
             # backlog. Some modules set variables while they are imported, so
             # requests are compared with the environment the imports saw.
             self.environment = dict(os.environ)
-            self.state = _process_state()
+            self.state = client.process_state()
             # Until the loop takes over, SIGTERM ends the imports at once and
             # still removes the socket (see _shut_down).
             signal.signal(signal.SIGTERM, _exit_on_signal)
-            self._preload()
+            self._preload(PRELOAD_FIRST)
             self._loop(listener)
         finally:
             self._shut_down(listener)
 
-    def _preload(self) -> None:
+    def _preload(self, names: tuple[str, ...]) -> None:
         started = time.perf_counter()
         import importlib
 
-        for name in PRELOAD:
+        for name in names:
             importlib.import_module(name)
+        self._imported(f"imported {len(names)} modules in {time.perf_counter() - started:.2f} s; "
+                       f"serving on {self.address}")
+
+    def _imported(self, message: str) -> None:
+        """Check and freeze what the imports left, and log their time."""
         if "jax" in sys.modules:
             from jax._src import xla_bridge
 
@@ -281,8 +208,24 @@ class _Server:
         # Children then leave the imported objects to the worker's permanent
         # generation: their garbage collections do not touch (and copy) those pages.
         gc.freeze()
-        self.log(f"imported {len(PRELOAD)} modules in {time.perf_counter() - started:.2f} s; "
-                 f"serving on {self.address}")
+        self.log(message)
+
+    def _preload_one(self) -> None:
+        """Import the next module of the second group."""
+        import importlib
+
+        if self.later_started is None:
+            self.later_started = time.perf_counter()
+        importlib.import_module(self.later.pop(0))
+        if not self.later:
+            # A child applies Snakemake's thread counts with threadpoolctl
+            # (_limit_threads). Its first look at the loaded libraries costs
+            # about 15 ms more than later ones; taken here, no child pays it.
+            from threadpoolctl import threadpool_info
+
+            threadpool_info()
+            self._imported(f"imported {len(PRELOAD_LATER)} more modules in "
+                           f"{time.perf_counter() - self.later_started:.2f} s")
 
     def _loop(self, listener) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.append("SIGTERM"))
@@ -303,7 +246,7 @@ class _Server:
                        if child.connection is not None and child.kill_at is None]
             watched = [listener, wakeup, *self.pending, *callers]
             try:
-                readable, _, _ = select.select(watched, [], [], 0.5)
+                readable, _, _ = select.select(watched, [], [], 0 if self.later else 0.5)
             except InterruptedError:
                 continue
             for ready in readable:
@@ -317,6 +260,8 @@ class _Server:
                     self._check_caller(ready)
             self._expire_pending()
             self._reap()
+            if self.later and not self.pending and not self.stopping:
+                self._preload_one()
 
     def _accept(self, listener) -> None:
         try:
@@ -342,18 +287,18 @@ class _Server:
             return
 
         entry.data += data
-        if len(entry.data) < _HEADER.size:
+        if len(entry.data) < client.HEADER.size:
             return
-        (size,) = _HEADER.unpack_from(entry.data)
+        (size,) = client.HEADER.unpack_from(entry.data)
         if size > _MAX_REQUEST:
             self._drop(connection, f"dropped a request of {size} bytes")
             return
-        if len(entry.data) < _HEADER.size + size:
+        if len(entry.data) < client.HEADER.size + size:
             return
 
         del self.pending[connection]
         try:
-            request = json.loads(entry.data[_HEADER.size:_HEADER.size + size])
+            request = json.loads(entry.data[client.HEADER.size:client.HEADER.size + size])
             if len(entry.fds) != 3:
                 raise ValueError(f"a request must carry 3 stream descriptors, got {len(entry.fds)}")
             self._start(connection, request, entry.fds)
@@ -509,7 +454,7 @@ def _rejection_reason(request: dict, environment: dict, state: dict | None = Non
         return "malformed request"
     if request.get("prefix") != sys.prefix:
         return f"another Python installation ({request.get('prefix')})"
-    if request.get("package") != _package_folder():
+    if request.get("package") != client.package_folder():
         return f"another copy of lmcpipe ({request.get('package')})"
 
     env = request["env"]
@@ -524,7 +469,7 @@ def _rejection_reason(request: dict, environment: dict, state: dict | None = Non
     if differing:
         return "environment differs in variables read at import: " + ", ".join(differing)
 
-    state = state or _process_state()
+    state = state or client.process_state()
     if not isinstance(request.get("umask"), int):
         return "malformed request"
     if request.get("nice") != state["nice"]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lmcpipe import client
 from lmcpipe import worker as worker_module
 from lmcpipe.cli import main
 
@@ -102,8 +103,10 @@ def test_without_a_worker_the_command_runs_alone(tmp_path):
 def test_python_calls_never_use_the_worker(running_worker, monkeypatch, capsys):
     monkeypatch.setenv(worker_module.ADDRESS_ENV_VAR, running_worker[1])
     calls = []
-    monkeypatch.setattr(worker_module, "run_in_worker", lambda argv: calls.append(argv))
+    monkeypatch.setattr(client, "run_in_worker", lambda argv: calls.append(argv))
+    monkeypatch.setattr(sys, "argv", ["lmcpipe", *BOUNDS])
     assert main(BOUNDS) == 0
+    assert main() == 0
     assert calls == []
 
 
@@ -264,7 +267,7 @@ def test_thread_counts_apply_to_loaded_libraries():
 
 def valid_request(environment):
     return {"argv": ["train"], "cwd": "/", "env": dict(environment), "prefix": sys.prefix,
-            "package": worker_module._package_folder(), **worker_module._process_state()}
+            "package": client.package_folder(), **client.process_state()}
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -359,3 +362,55 @@ def test_steps_without_jax_record_numpy_backend(running_worker, tmp_path):
     result = lmcpipe([*BOUNDS, "--out", "b.parquet"], address, tmp_path)
     assert result.returncode == 0, result.stderr
     assert pq.read_schema(tmp_path / "b.parquet").metadata[b"lmcpipe.backend"] == b"numpy"
+
+
+def test_first_group_has_what_training_imports(tmp_path):
+    # The worker serves training once it has PRELOAD_FIRST: a train step must
+    # not import a module of the second group, nor a package outside the first.
+    script = f"""
+import importlib, json, sys
+from lmcpipe import worker
+for name in worker.PRELOAD_FIRST:
+    importlib.import_module(name)
+before = set(sys.modules)
+from lmcpipe.cli import main
+status = main(["train", "--spec", '{{"dataset": "digits", "depth": 1, "width": 8, "lr": 0.1, '
+               '"epochs": 1, "batch_size": 256, "warmup_steps": 1}}', "--seeds", "0", "1",
+               "--out-dir", {str(tmp_path / "run")!r}])
+print(json.dumps([status, sorted(set(sys.modules) - before)]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "LMCPIPE_COMPILATION_CACHE": ""})
+    assert result.returncode == 0, result.stderr
+    status, imported = __import__("json").loads(result.stdout.splitlines()[-1])
+    assert status == 0
+    first = {name.split(".")[0] for name in worker_module.PRELOAD_FIRST}
+    assert {name.split(".")[0] for name in imported} <= first
+    assert not set(imported) & set(worker_module.PRELOAD_LATER)
+
+
+def test_commands_run_while_the_second_group_imports(tmp_path):
+    # A command that arrives before the worker has imported the second group
+    # runs in a child that imports what it lacks.
+    log_path = tmp_path / "worker.log"
+    worker, address = start_worker(log_path)
+    try:
+        result = lmcpipe(BOUNDS + ["--out", str(tmp_path / "bounds.parquet")], address, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert wait_for(lambda: "more modules" in log_path.read_text())
+        assert served(log_path, "bounds")
+    finally:
+        worker.stop()
+    assert (tmp_path / "bounds.parquet").exists()
+
+
+def test_client_imports_only_light_modules():
+    # The caller side runs before every command of a study.
+    script = ("import sys; before = set(sys.modules); import lmcpipe.client; "
+              "print(' '.join(sorted(set(sys.modules) - before)))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    imported = set(result.stdout.split())
+    assert "lmcpipe.client" in imported
+    heavy = {"argparse", "logging", "pathlib", "dataclasses", "inspect", "lmcpipe.cli",
+             "lmcpipe.worker", "lmcpipe.runtime", "numpy"}
+    assert not imported & heavy
