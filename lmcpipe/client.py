@@ -1,11 +1,11 @@
 """The ``lmcpipe`` command's entry point: hand the command to a worker, or run it here.
 
-Each step of a study starts this command, so it imports only light modules of
-the standard library before it knows where the command runs. When
+Each step of a study starts this command, so until the command has gone to a
+worker, it imports only light modules of the standard library. When
 ``$LMCPIPE_WORKER`` names a running worker (:mod:`lmcpipe.worker`), the
 command runs in a child of that process, which has imported the dependencies
-already; otherwise, or when the worker rejects it, it runs in this process
-(:func:`lmcpipe.cli.main`).
+already. Without a worker, or when the worker rejects the request, the
+command runs in this process (:func:`lmcpipe.cli.main`).
 """
 
 from __future__ import annotations

@@ -132,10 +132,10 @@ def make_optimizer(
 
 
 # XLA options of each training program on the CPU (lmcpipe.programs). The
-# initialisation runs once per job, yet it was the costliest program to
-# compile: LLVM's full optimisation of the unrolled Threefry rounds behind
-# each random initialiser takes 1 to 3 s. All four give the same bits as with
-# XLA's defaults (tests/test_training.py checks them on three shapes).
+# initialisation runs once per job, yet with XLA's defaults it is the
+# costliest program to compile (1 to 3 s), because of the Threefry rounds
+# behind each random initialiser. All four programs give the same bits as
+# with XLA's defaults (tests/test_training.py checks them on three shapes).
 PROGRAM_OPTIONS = {
     "initialise": CHEAP_COMPILE,
     "epoch": FAST_COMPILE,

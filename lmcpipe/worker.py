@@ -76,9 +76,10 @@ THREAD_COUNT_VARS = {
 
 # Modules a step may import; each is imported by the worker once. Steps
 # import some of them only when they run (the digits loader, Parquet
-# datasets, the JAX modules of lowering and of stored programs). The worker
-# serves requests once it has the first group, the modules of training, which
-# the first jobs of a study run; it imports the second group between requests.
+# datasets, the JAX modules of lowering and of stored programs). The first
+# group has the modules of training, which the first jobs of a study run.
+# The worker serves requests once it has them, and imports the second group
+# between requests.
 PRELOAD_FIRST = (
     "numpy", "pyarrow.parquet", "pyarrow.pandas_compat", "jax", "jax.numpy",
     "jax.experimental.serialize_executable", "jaxlib.mlir.dialects.mhlo", "flax.linen", "optax",
