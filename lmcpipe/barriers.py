@@ -65,8 +65,8 @@ def interpolation_curve(
     All values of t are evaluated in one compiled program, over examples in
     chunks of ``chunk`` (the last one padded and masked), so memory grows
     with ``len(ts) * chunk`` and not with the dataset. The program is
-    compiled once for each chunk size and model shape, whatever the number
-    of examples.
+    compiled once for each chunk size, number of t values and model shape,
+    whatever the number of examples.
     """
     n = x.shape[0]
     chunk = min(chunk, n)
@@ -176,8 +176,10 @@ def barrier_tables(models, alignment, points: int = 25, n_diverged: int = 0,
     dataset = load_for_spec(spec)
     keys = spec.run_keys()
     splits = evaluation_splits(dataset, train_examples)
-    # The same chunk for both splits: one compiled curve program.
-    chunk = min(CHUNK, *(len(y) for _, y in splits.values()))
+    # The test set's chunk for both splits, so that they share one compiled
+    # program (unless the train subset is smaller) and the test curve does not
+    # depend on barriers.train_examples.
+    chunk = min(CHUNK, len(splits["test"][1]))
     permutation_structure = permutation_spec(models[0][0])
     names = list(permutation_structure.sizes)
     pairs = sorted({(row["seed_a"], row["seed_b"], row["method"]) for row in

@@ -63,7 +63,7 @@ def run_in_worker(argv: list[str]) -> int | None:
             **process_state(),
         }).encode()
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    except (OSError, UnicodeError):  # UnicodeError: an argument or variable that is not UTF-8
+    except OSError:
         return None
     with connection:
         try:

@@ -76,5 +76,3 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
             os.environ[name.upper()] = str(value)
     log.info("persistent JAX compilation cache in %s", folder)
     return folder
-
-

@@ -169,6 +169,8 @@ class _Server:
         self.stopping: list[str] = []
         self.later = list(PRELOAD_LATER)
         self.later_started: float | None = None
+        # Why forking has become unsafe, if it has: requests are then rejected.
+        self.unsafe: str | None = None
 
     def run(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -201,23 +203,38 @@ class _Server:
 
     def _imported(self, message: str) -> None:
         """Check and freeze what the imports left, and log their time."""
-        if "jax" in sys.modules:
-            from jax._src import xla_bridge
-
-            if xla_bridge.backends_are_initialized():
-                raise RuntimeError("a JAX backend started while importing; forking would be unsafe")
+        if _backend_started():
+            raise RuntimeError("a JAX backend started while importing; forking would be unsafe")
         # Children then leave the imported objects to the worker's permanent
         # generation: their garbage collections do not touch (and copy) those pages.
         gc.freeze()
         self.log(message)
 
     def _preload_one(self) -> None:
-        """Import the next module of the second group."""
+        """Import the next module of the second group.
+
+        Commands already run in children by then, so a failure here stops the
+        preloading and leaves them running. A child imports what the worker
+        lacks, as a command without the worker would.
+        """
         import importlib
 
         if self.later_started is None:
             self.later_started = time.perf_counter()
-        importlib.import_module(self.later.pop(0))
+        name = self.later.pop(0)
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - any import error: log it and serve on
+            self.later.clear()
+            gc.freeze()
+            self.log(f"importing {name} failed ({type(error).__name__}: {error}); "
+                     "serving without the modules not imported yet")
+            return
+        if _backend_started():
+            self.later.clear()
+            self.unsafe = f"a JAX backend started while the worker imported {name}"
+            self.log(f"{self.unsafe}; new requests are rejected and run in their own processes")
+            return
         if not self.later:
             # A child applies Snakemake's thread counts with threadpoolctl
             # (_limit_threads). Its first look at the loaded libraries costs
@@ -324,7 +341,7 @@ class _Server:
                 self._drop(connection, "dropped a request that did not arrive within 10 s")
 
     def _start(self, connection, request: dict, fds: list[int]) -> None:
-        reason = _rejection_reason(request, self.environment, self.state)
+        reason = self.unsafe or _rejection_reason(request, self.environment, self.state)
         command = " ".join(map(str, request.get("argv", []))) if isinstance(request, dict) else ""
         connection.setblocking(True)
         if reason:
@@ -431,6 +448,15 @@ class _Server:
         except OSError:
             pass
         self.log("stopped")
+
+
+def _backend_started() -> bool:
+    """Return whether this process has started a JAX backend (and with it XLA's threads)."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
 
 
 def _exit_on_signal(number, frame) -> None:

@@ -63,3 +63,20 @@ def test_barrier_tables_wm_below_naive(trained, small_spec):
         index=["seed_a", "seed_b"], columns="method", values="barrier")
     assert (test_loss["wm"] < test_loss["naive"]).all()
     assert (frame["barrier"] >= 0).all()
+
+
+def test_test_curves_ignore_train_subset(trained, small_spec):
+    # Both splits use the test set's chunk, so the train subset's size cannot
+    # change how the test curves are summed.
+    models = [
+        (result.params, {"seed": result.seed, "spec": small_spec.to_dict(), "spec_hash": small_spec.hash()})
+        for result in trained
+    ]
+    alignment = alignment_table(models, ["naive"])
+    tables = [barrier_tables(models, alignment, points=5, train_examples=examples)[0].to_pandas()
+              for examples in (None, 7)]
+    whole, subset = (frame[frame.split == "test"].reset_index(drop=True) for frame in tables)
+    assert len(whole) == 3 * 2 * 5
+    np.testing.assert_array_equal(whole["value"].to_numpy(), subset["value"].to_numpy())
+    assert not np.array_equal(tables[0][tables[0].split == "train"]["value"].to_numpy(),
+                              tables[1][tables[1].split == "train"]["value"].to_numpy())

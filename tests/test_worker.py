@@ -414,3 +414,47 @@ def test_client_imports_only_light_modules():
     heavy = {"argparse", "logging", "pathlib", "dataclasses", "inspect", "lmcpipe.cli",
              "lmcpipe.worker", "lmcpipe.runtime", "numpy"}
     assert not imported & heavy
+
+
+def _serve_with_later_group(tmp_path, later, extra_env=None):
+    """Start a worker whose second import group is ``later``; return ``(process, address, log)``."""
+    address = str(tmp_path / "socket")
+    log_path = tmp_path / "worker.log"
+    script = ("import sys; from lmcpipe import worker; "
+              f"worker.PRELOAD_LATER = {tuple(later)!r}; worker.serve(sys.argv[1])")
+    env = {**os.environ, **(extra_env or {})}
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen([sys.executable, "-c", script, address], stdout=log_file,
+                                   stderr=subprocess.STDOUT, env=env)
+    assert wait_for(lambda: "serving on" in log_path.read_text()), log_path.read_text()
+    return process, address, log_path
+
+
+def test_failed_later_import_keeps_serving(tmp_path):
+    process, address, log_path = _serve_with_later_group(tmp_path, ["json", "lmcpipe_no_such_module"])
+    try:
+        assert wait_for(lambda: "importing lmcpipe_no_such_module failed" in log_path.read_text())
+        result = lmcpipe(BOUNDS + ["--out", str(tmp_path / "bounds.parquet")], address, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert served(log_path, "bounds")
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_backend_in_later_import_rejects_requests(tmp_path):
+    # A module of the second group that starts a JAX backend makes forking
+    # unsafe: later requests run in their own processes.
+    (tmp_path / "starts_backend.py").write_text("import jax\njax.devices()\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    process, address, log_path = _serve_with_later_group(tmp_path, ["starts_backend"], env)
+    try:
+        assert wait_for(lambda: "new requests are rejected" in log_path.read_text())
+        result = lmcpipe(BOUNDS + ["--out", str(tmp_path / "bounds.parquet")], address, tmp_path,
+                         extra_env=env)
+        assert result.returncode == 0, result.stderr
+        assert "rejected lmcpipe bounds" in log_path.read_text()
+        assert not served(log_path, "bounds")
+    finally:
+        process.terminate()
+        process.wait(30)
