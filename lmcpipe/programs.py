@@ -67,8 +67,8 @@ SUBFOLDER = "lmcpipe-programs"
 # XLA options on the CPU. By default XLA emits the loops of fused operations
 # with its MLIR fusion emitters. Its LLVM IR emitters compile the programs of
 # training 35 to 45 % faster and run them as fast (measured on the default
-# study's widths). Not every program gains, because the interpolation curves
-# ran 10 % slower with them at width 512, so each program names its options.
+# study's widths). Not every program gains: the interpolation curves ran 10 %
+# slower with them at width 512. So each program names its options.
 # CHEAP_COMPILE adds LLVM's optimisation level 1 for programs that run once
 # per job or per epoch (initialisation, minibatch order): about half the
 # compilation time again.
@@ -192,8 +192,9 @@ class StoredProgram:
         settings: JSON-serialisable values that the function depends on besides
             its arguments (the shapes and options it was built for).
         cpu_options: XLA compiler options used on the CPU backend only
-            (:data:`FAST_COMPILE`, :data:`CHEAP_COMPILE`). A jaxlib that
-            does not know one of them compiles with its defaults.
+            (:data:`FAST_COMPILE`, :data:`CHEAP_COMPILE`). With a jaxlib
+            that does not support one of them, the program compiles with
+            XLA's defaults.
 
     Call it as ``jitted``; static arguments go by keyword.
     """
@@ -236,7 +237,7 @@ class StoredProgram:
             compiled = self._load(path)
             if compiled is not None:
                 return compiled
-        compiled, fresh = _compile(self.jitted, args, static, self._options())
+        compiled, fresh = _compile(self.name, self.jitted, args, static, self._options())
         if path is not None and fresh:
             self._store(path, compiled)
         return compiled
@@ -281,7 +282,7 @@ class StoredProgram:
         _report("Stored program %s in %.6f sec", self.name, time.perf_counter() - started)
 
 
-def _compile(jitted, args, static, options: dict):
+def _compile(name: str, jitted, args, static, options: dict):
     """Compile ``jitted`` for ``args``; return the executable and whether XLA compiled it now.
 
     An executable from JAX's persistent cache, or from JAX's memory of an
@@ -304,7 +305,7 @@ def _compile(jitted, args, static, options: dict):
         except jax.errors.JaxRuntimeError as error:
             if not options or "No such compile option" not in str(error):
                 raise
-            log.debug("compiling with XLA's default options: %s", error)
+            log.debug("compiling program %s with XLA's default options: %s", name, error)
             compiled = lowered.compile()
     finally:
         jax.monitoring.unregister_event_listener(on_event)

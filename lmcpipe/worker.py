@@ -84,7 +84,8 @@ PRELOAD_FIRST = (
     "numpy", "pyarrow.parquet", "pyarrow.pandas_compat", "jax", "jax.numpy",
     "jax.experimental.serialize_executable", "jaxlib.mlir.dialects.mhlo", "flax.linen", "optax",
     "sklearn", "sklearn.datasets", "sklearn.model_selection",
-    # lmcpipe.dimension and lmcpipe.convergence: the command line takes choices from them.
+    # The command line's parser takes option choices from lmcpipe.dimension
+    # and lmcpipe.convergence.
     "lmcpipe.cli", "lmcpipe.dimension", "lmcpipe.convergence", "lmcpipe.data", "lmcpipe.training",
 )
 PRELOAD_LATER = (
@@ -99,7 +100,7 @@ PRELOAD = PRELOAD_FIRST + PRELOAD_LATER
 # `lmcpipe` command imports, not a checkout that happens to be the workflow's
 # folder, because requests from another copy are rejected.
 # Once the worker has stopped, it exits without Python's teardown of its
-# many modules (0.1 s), which Snakemake would wait for at the end of a run.
+# many modules (about 0.1 s), which Snakemake would wait for at the end of a run.
 _WORKER_MAIN = (
     "import os, sys; del sys.path[0]; "
     "from lmcpipe.worker import main; status = main(sys.argv[1:]); "
@@ -169,8 +170,8 @@ class _Server:
         self.stopping: list[str] = []
         self.later = list(PRELOAD_LATER)
         self.later_started: float | None = None
-        # Why forking has become unsafe, if it has: requests are then rejected.
-        self.unsafe: str | None = None
+        # Why forking has become unsafe, if it has. Requests are then rejected.
+        self.unsafe_reason: str | None = None
 
     def run(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -202,7 +203,7 @@ class _Server:
                        f"serving on {self.address}")
 
     def _imported(self, message: str) -> None:
-        """Check and freeze what the imports left, and log their time."""
+        """Check that no JAX backend started, freeze the imported objects and log ``message``."""
         if _backend_started():
             raise RuntimeError("a JAX backend started while importing; forking would be unsafe")
         # Children then leave the imported objects to the worker's permanent
@@ -232,8 +233,9 @@ class _Server:
             return
         if _backend_started():
             self.later.clear()
-            self.unsafe = f"a JAX backend started while the worker imported {name}"
-            self.log(f"{self.unsafe}; new requests are rejected and run in their own processes")
+            self.unsafe_reason = f"a JAX backend started while the worker imported {name}"
+            self.log(f"{self.unsafe_reason}; new requests are rejected and run in "
+                     "their own processes")
             return
         if not self.later:
             # A child applies Snakemake's thread counts with threadpoolctl
@@ -341,7 +343,7 @@ class _Server:
                 self._drop(connection, "dropped a request that did not arrive within 10 s")
 
     def _start(self, connection, request: dict, fds: list[int]) -> None:
-        reason = self.unsafe or _rejection_reason(request, self.environment, self.state)
+        reason = self.unsafe_reason or _rejection_reason(request, self.environment, self.state)
         command = " ".join(map(str, request.get("argv", []))) if isinstance(request, dict) else ""
         connection.setblocking(True)
         if reason:

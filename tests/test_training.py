@@ -123,7 +123,7 @@ def test_initial_parameters_follow_seed_keys(digits):
 
 @pytest.mark.parametrize("use_vmap", [True, False])
 @pytest.mark.parametrize("depth, width, input_dim", [(1, 16, 64), (2, 100, 64), (3, 512, 784)])
-def test_cpu_compile_options_give_the_same_bits(depth, width, input_dim, use_vmap):
+def test_cpu_options_keep_training_bits(depth, width, input_dim, use_vmap):
     # On the CPU the training programs compile with options of their own
     # (training.PROGRAM_OPTIONS); each must give exactly what XLA's defaults give.
     n_train, batch_size = 256, 32

@@ -391,7 +391,7 @@ print(json.dumps([status, sorted(set(sys.modules) - before)]))
     assert not set(imported) & set(worker_module.PRELOAD_LATER)
 
 
-def test_commands_run_while_the_second_group_imports(tmp_path):
+def test_commands_run_during_later_imports(tmp_path):
     # A command that arrives before the worker has imported the second group
     # runs in a child that imports what it lacks.
     log_path = tmp_path / "worker.log"
@@ -433,7 +433,8 @@ def _serve_with_later_group(tmp_path, later, extra_env=None):
 
 
 def test_failed_later_import_keeps_serving(tmp_path):
-    process, address, log_path = _serve_with_later_group(tmp_path, ["json", "lmcpipe_no_such_module"])
+    later = ["json", "lmcpipe_no_such_module"]
+    process, address, log_path = _serve_with_later_group(tmp_path, later)
     try:
         assert wait_for(lambda: "importing lmcpipe_no_such_module failed" in log_path.read_text())
         result = lmcpipe(BOUNDS + ["--out", str(tmp_path / "bounds.parquet")], address, tmp_path)
