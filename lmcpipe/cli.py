@@ -15,6 +15,7 @@ dependencies already (see :mod:`lmcpipe.client` and :mod:`lmcpipe.worker`).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -161,7 +162,9 @@ def cmd_data_fetch(args) -> None:
     fetch_dataset(args.name, directory)
 
 
+@functools.lru_cache(maxsize=1)
 def build_parser() -> argparse.ArgumentParser:
+    """Return the command line's parser, built once per process (and before the worker forks)."""
     from lmcpipe import __version__
 
     parser = argparse.ArgumentParser(prog="lmcpipe", description=__doc__.splitlines()[0])

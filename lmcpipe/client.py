@@ -1,20 +1,23 @@
 """The ``lmcpipe`` command's entry point: hand the command to a worker, or run it here.
 
 Each step of a study starts this command, so until the command has gone to a
-worker, it imports only light modules of the standard library. When
-``$LMCPIPE_WORKER`` names a running worker (:mod:`lmcpipe.worker`), the
-command runs in a child of that process, which has imported the dependencies
-already. Without a worker, or when the worker rejects the request, the
-command runs in this process (:func:`lmcpipe.cli.main`).
+worker, it imports only modules built into the interpreter or of the standard
+library's C extensions, and ``os``: no ``json``, ``socket`` or ``signal``,
+whose Python parts cost about 10 ms each. When ``$LMCPIPE_WORKER`` names a running worker
+(:mod:`lmcpipe.worker`), the command runs in a child of that process, which
+has imported the dependencies already. Without a worker, or when the worker
+rejects the request, the command runs in this process
+(:func:`lmcpipe.cli.main`).
+
+During a Snakemake run, the jobs' ``lmcpipe`` is a script of the worker's
+that starts Python without the ``site`` module and calls :func:`forward`
+(see :meth:`lmcpipe.worker.Worker.publish`).
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
-import signal
-import socket
-import struct
 import sys
 
 ADDRESS_ENV_VAR = "LMCPIPE_WORKER"
@@ -25,8 +28,12 @@ RESOURCE_LIMITS = (
     "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE",
 )
 
-# A request is its length as 4 bytes (network order), then JSON.
-HEADER = struct.Struct("!I")
+# A message is its length as 4 bytes (network order), then its marshal
+# encoding. Messages hold plain values only (dict, list, str, int). marshal is
+# built into the interpreter, and both ends run the same Python: the worker
+# rejects requests from another installation.
+HEADER_SIZE = 4
+_SIGINT = 2
 
 
 def main() -> int:
@@ -37,6 +44,25 @@ def main() -> int:
     from lmcpipe.cli import main as run_here
 
     return run_here(sys.argv[1:])
+
+
+def forward(command: str) -> int:
+    """Run ``lmcpipe`` in the worker, or else replace this process with ``command``.
+
+    The entry point of the worker's script for the jobs of one run. That
+    script's Python has not imported ``site``, so the command cannot run here:
+    ``command``, this Python's own ``lmcpipe`` script, runs it instead, without
+    asking the worker again.
+    """
+    status = run_in_worker(sys.argv[1:])
+    if status is not None:
+        return status
+    env = {name: value for name, value in os.environ.items() if name != ADDRESS_ENV_VAR}
+    try:
+        os.execve(command, [command, *sys.argv[1:]], env)
+    except OSError as error:
+        print(f"lmcpipe: cannot run {command}: {error}", file=sys.stderr)
+        return 127
 
 
 def run_in_worker(argv: list[str]) -> int | None:
@@ -50,37 +76,45 @@ def run_in_worker(argv: list[str]) -> int | None:
     address = os.environ.get(ADDRESS_ENV_VAR)
     if not address:
         return None
+    # The C modules under the standard library's socket and struct modules.
+    import _socket
+    import _struct
+
     try:
         # A closed standard stream would be replaced by the socket below.
         for fd in (0, 1, 2):
             os.fstat(fd)
-        request = json.dumps({
+        request = encode({
             "argv": list(argv),
             "cwd": os.getcwd(),
             "env": dict(os.environ),
             "prefix": sys.prefix,
             "package": package_folder(),
             **process_state(),
-        }).encode()
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    except OSError:
+        })
+        connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    except (OSError, ValueError):
         return None
-    with connection:
+    try:
         try:
             connection.connect(address)
-            socket.send_fds(connection, [HEADER.pack(len(request)) + request], [0, 1, 2])
+            # The stream descriptors travel with the first bytes of the request.
+            descriptors = _struct.pack("3i", 0, 1, 2)
+            sent = connection.sendmsg(
+                [request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, descriptors)]
+            )
+            connection.sendall(request[sent:])
         except OSError:
             return None
-        reader = connection.makefile("r", encoding="utf-8")
-        first = read_message(reader)
+        first = read_message(connection)
         if first is None or "rejected" in first:
             return None
         # From here on the step runs in the worker's child: never run it twice.
         try:
-            last = read_message(reader)
+            last = read_message(connection)
         except KeyboardInterrupt:
             # The worker stops the child when this connection closes.
-            return 128 + signal.SIGINT
+            return 128 + _SIGINT
         if last is None or "exit" not in last:
             print(f"lmcpipe: the worker running this command (pid {first.get('accepted')}) "
                   "stopped before it finished", file=sys.stderr)
@@ -88,6 +122,45 @@ def run_in_worker(argv: list[str]) -> int | None:
         if last.get("message"):
             print(f"lmcpipe: {last['message']}", file=sys.stderr)
         return int(last["exit"])
+    finally:
+        connection.close()
+
+
+def encode(message: dict) -> bytes:
+    """Return ``message`` as the bytes of one message (see ``HEADER_SIZE``)."""
+    body = marshal.dumps(message)
+    return len(body).to_bytes(HEADER_SIZE, "big") + body
+
+
+def decode(body: bytes) -> dict | None:
+    """Return the message encoded in ``body`` (without its header), or None if it is not one."""
+    try:
+        message = marshal.loads(body)
+    except (EOFError, ValueError, TypeError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def read_message(connection) -> dict | None:
+    """Read one message from a blocking socket; None when it closes first or sends no message."""
+    header = _receive(connection, HEADER_SIZE)
+    if header is None:
+        return None
+    body = _receive(connection, int.from_bytes(header, "big"))
+    return None if body is None else decode(body)
+
+
+def _receive(connection, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        try:
+            chunk = connection.recv(min(size - len(data), 1 << 20))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
 
 
 def process_state() -> dict:
@@ -97,19 +170,6 @@ def process_state() -> dict:
     limits = {name: list(resource.getrlimit(getattr(resource, name)))
               for name in RESOURCE_LIMITS if hasattr(resource, name)}
     return {"umask": current_umask(), "nice": os.nice(0), "limits": limits}
-
-
-def read_message(reader) -> dict | None:
-    try:
-        line = reader.readline()
-    except OSError:
-        return None
-    if not line:
-        return None
-    try:
-        return json.loads(line)
-    except ValueError:
-        return None
 
 
 def package_folder() -> str:

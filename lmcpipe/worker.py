@@ -33,19 +33,23 @@ Safety rules:
 * The worker stops when the process that started it (Snakemake) exits.
 
 Protocol, over a Unix socket in a private temporary folder: the caller sends
-its standard stream descriptors with a length-prefixed JSON request
-(``argv``, ``cwd``, ``env``, ``prefix``, ``package``, ``umask``, ``nice``,
-``limits``). The worker replies with JSON lines, ``{"accepted": pid}`` then
-``{"exit": status, "message": text}``, or ``{"rejected": reason}``.
+its standard stream descriptors with a request (``argv``, ``cwd``, ``env``,
+``prefix``, ``package``, ``umask``, ``nice``, ``limits``). The worker replies
+``{"accepted": pid}`` then ``{"exit": status, "message": text}``, or
+``{"rejected": reason}``. Each message is length-prefixed marshal data
+(:func:`lmcpipe.client.encode`).
 
-The caller side is :mod:`lmcpipe.client`.
+The caller side is :mod:`lmcpipe.client`. Python's start-up with the ``site``
+module costs a caller 30 to 50 ms, as much as a small step computes, so
+while a worker serves a Snakemake run, the jobs' ``lmcpipe`` is a script in
+the worker's folder that starts Python with ``-S``
+(:meth:`Worker.publish`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import os
 import select
 import signal
@@ -107,6 +111,9 @@ _WORKER_MAIN = (
     "sys.stdout.flush(); sys.stderr.flush(); os._exit(status)"
 )
 _MAX_REQUEST = 16 * 1024 * 1024
+# threadpoolctl's view of the BLAS and OpenMP libraries, taken by the worker
+# once it has imported every module (see _limit_threads).
+_THREADPOOLS = None
 _PR_SET_PDEATHSIG = 1
 _FOLDER_PREFIX = "lmcpipe-worker-"
 
@@ -199,6 +206,10 @@ class _Server:
 
         for name in names:
             importlib.import_module(name)
+        # Children parse their command lines with this parser (4 ms to build).
+        from lmcpipe.cli import build_parser
+
+        build_parser()
         self._imported(f"imported {len(names)} modules in {time.perf_counter() - started:.2f} s; "
                        f"serving on {self.address}")
 
@@ -239,11 +250,12 @@ class _Server:
             return
         if not self.later:
             # A child applies Snakemake's thread counts with threadpoolctl
-            # (_limit_threads). Its first look at the loaded libraries costs
-            # about 15 ms more than later ones; taken here, no child pays it.
-            from threadpoolctl import threadpool_info
+            # (_limit_threads). Finding the loaded libraries costs 4 ms, or
+            # about 20 ms the first time; done here once, no child pays it.
+            global _THREADPOOLS
+            from threadpoolctl import ThreadpoolController
 
-            threadpool_info()
+            _THREADPOOLS = ThreadpoolController()
             self._imported(f"imported {len(PRELOAD_LATER)} more modules in "
                            f"{time.perf_counter() - self.later_started:.2f} s")
 
@@ -307,18 +319,20 @@ class _Server:
             return
 
         entry.data += data
-        if len(entry.data) < client.HEADER.size:
+        if len(entry.data) < client.HEADER_SIZE:
             return
-        (size,) = client.HEADER.unpack_from(entry.data)
+        size = int.from_bytes(entry.data[:client.HEADER_SIZE], "big")
         if size > _MAX_REQUEST:
             self._drop(connection, f"dropped a request of {size} bytes")
             return
-        if len(entry.data) < client.HEADER.size + size:
+        if len(entry.data) < client.HEADER_SIZE + size:
             return
 
         del self.pending[connection]
         try:
-            request = json.loads(entry.data[client.HEADER.size:client.HEADER.size + size])
+            request = client.decode(entry.data[client.HEADER_SIZE:client.HEADER_SIZE + size])
+            if request is None:
+                raise ValueError("not a request")
             if len(entry.fds) != 3:
                 raise ValueError(f"a request must carry 3 stream descriptors, got {len(entry.fds)}")
             self._start(connection, request, entry.fds)
@@ -443,12 +457,14 @@ class _Server:
         listener.close()
         try:
             os.unlink(self.address)
-            # The private folder made by start(), left behind when Snakemake was killed.
-            folder = os.path.dirname(os.path.abspath(self.address))
-            if os.path.basename(folder).startswith(_FOLDER_PREFIX):
-                os.rmdir(folder)
         except OSError:
             pass
+        # The private folder made by start(), left behind when Snakemake was killed.
+        folder = os.path.dirname(os.path.abspath(self.address))
+        if os.path.basename(folder).startswith(_FOLDER_PREFIX):
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
         self.log("stopped")
 
 
@@ -512,7 +528,7 @@ def _rejection_reason(request: dict, environment: dict, state: dict | None = Non
 
 
 def _send(connection, message: dict) -> None:
-    connection.sendall((json.dumps(message) + "\n").encode())
+    connection.sendall(client.encode(message))
 
 
 def _run_child(request: dict, fds: list[int], worker: int, mask) -> None:
@@ -567,6 +583,8 @@ def _limit_threads(env: dict):
             limits[api] = min(limits.get(api, 1 << 30), max(int(env[name]), 1))
     if not limits:
         return None
+    if _THREADPOOLS is not None:
+        return _THREADPOOLS.limit(limits=limits)
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=limits)
@@ -595,16 +613,29 @@ class Worker:
         self.process = process
         self.address = address
         self.folder = folder
+        # The folder of the jobs' `lmcpipe` script, while it is first on $PATH.
+        self.command_folder: str | None = None
 
     def running(self) -> bool:
         return self.process.poll() is None
 
-    def publish(self) -> None:
-        """Set ``$LMCPIPE_WORKER``, so that commands started from this process after the call use the worker."""
+    def publish(self, jobs_command: bool = True) -> None:
+        """Set ``$LMCPIPE_WORKER``, so that commands started from this process after the call use the worker.
+
+        With ``jobs_command``, the worker's own ``lmcpipe`` script
+        (:func:`_write_jobs_command`) also goes first on ``$PATH``, when the
+        ``lmcpipe`` there is this Python's. Jobs that run in a software
+        environment of their own (Snakemake's conda or Apptainer) must keep
+        theirs, so the workflow passes False for them.
+        """
         os.environ[ADDRESS_ENV_VAR] = self.address
+        if jobs_command and self.command_folder is None and os.environ.get("PATH"):
+            self.command_folder = _write_jobs_command(self.folder)
+            if self.command_folder is not None:
+                os.environ["PATH"] = os.pathsep.join([self.command_folder, os.environ["PATH"]])
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the worker and remove its socket folder."""
+        """Stop the worker, remove its folder and undo :meth:`publish`."""
         import shutil
         import subprocess
 
@@ -617,7 +648,51 @@ class Worker:
                 self.process.wait()
         if os.environ.get(ADDRESS_ENV_VAR) == self.address:
             del os.environ[ADDRESS_ENV_VAR]
+        if self.command_folder is not None:
+            entries = os.environ.get("PATH", "").split(os.pathsep)
+            if self.command_folder in entries:
+                entries.remove(self.command_folder)
+                os.environ["PATH"] = os.pathsep.join(entries)
+            self.command_folder = None
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _write_jobs_command(folder: str) -> str | None:
+    """Write the jobs' ``lmcpipe`` script into ``folder/bin``; return that folder, or None.
+
+    The script starts this Python with ``-S``, without the ``site`` module,
+    and calls :func:`lmcpipe.client.forward`. When the worker cannot take a
+    command, ``forward`` runs this Python's own ``lmcpipe`` script instead.
+    So the script is written only when that is the ``lmcpipe`` on ``$PATH``:
+    then a job runs the same lmcpipe with or without it.
+    """
+    import shutil
+    import sysconfig
+
+    found = shutil.which("lmcpipe")
+    own = [os.path.join(sysconfig.get_path("scripts", scheme), "lmcpipe")
+           for scheme in (sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user"))]
+    if found is None or not any(os.path.isfile(path) and os.path.samefile(found, path) for path in own):
+        return None
+    # The kernel reads at most 127 bytes of a "#!" line on older systems, and
+    # splits it at white space.
+    shebang = f"#!{sys.executable} -S"
+    if not sys.executable or len(shebang) > 127 or any(char.isspace() for char in sys.executable):
+        return None
+    command_folder = os.path.join(folder, "bin")
+    os.makedirs(command_folder, exist_ok=True)
+    path = os.path.join(command_folder, "lmcpipe")
+    with open(path, "w") as script:
+        script.write(
+            f"{shebang}\n"
+            "# The lmcpipe command of one Snakemake run's jobs (lmcpipe.worker).\n"
+            "import sys\n"
+            f"sys.path.append({os.path.dirname(client.package_folder())!r})\n"
+            "from lmcpipe.client import forward\n"
+            f"sys.exit(forward({os.path.abspath(found)!r}))\n"
+        )
+    os.chmod(path, 0o755)
+    return command_folder
 
 
 def start(log_path: str | os.PathLike, timeout: float = 30.0, publish: bool = True) -> Worker | None:
@@ -687,13 +762,14 @@ class WorkflowWorker:
         if self.worker is None and requested and command_runs_jobs(argv):
             self.worker = start(self.log_path, publish=False)
 
-    def serve(self) -> None:
+    def serve(self, jobs_command: bool = True) -> None:
+        """Publish a running worker to the jobs (see :meth:`Worker.publish` for ``jobs_command``)."""
         if self.worker is not None and not self.worker.running():
             self.stop()
         if self.worker is None:
             self.worker = start(self.log_path, publish=False)
         if self.worker is not None:
-            self.worker.publish()
+            self.worker.publish(jobs_command)
 
     def stop(self) -> None:
         if self.worker is not None:

@@ -2,9 +2,11 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -252,9 +254,13 @@ def test_workflow_worker_publishes_only_when_served(tmp_path, monkeypatch):
     assert workflow_worker.worker is None
 
 
-def test_thread_counts_apply_to_loaded_libraries():
+@pytest.mark.parametrize("controller", [False, True])
+def test_thread_counts_apply_to_loaded_libraries(controller, monkeypatch):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     import numpy  # noqa: F401 - loads the BLAS library
+
+    if controller:  # the worker's view of the libraries, taken once
+        monkeypatch.setattr(worker_module, "_THREADPOOLS", threadpoolctl.ThreadpoolController())
 
     limiter = worker_module._limit_threads({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     try:
@@ -406,16 +412,100 @@ def test_commands_run_during_later_imports(tmp_path):
     assert (tmp_path / "bounds.parquet").exists()
 
 
-def test_client_imports_only_light_modules():
-    # The caller side runs before every command of a study.
-    script = ("import sys; before = set(sys.modules); import lmcpipe.client; "
-              "print(' '.join(sorted(set(sys.modules) - before)))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    imported = set(result.stdout.split())
-    assert "lmcpipe.client" in imported
-    heavy = {"argparse", "logging", "pathlib", "dataclasses", "inspect", "lmcpipe.cli",
-             "lmcpipe.worker", "lmcpipe.runtime", "numpy"}
-    assert not imported & heavy
+def test_client_imports_only_light_modules(tmp_path):
+    # The caller side runs before every command of a study, in a Python without
+    # the site module (the jobs' command that Worker.publish writes). A worker
+    # of its own: this process's environment may have changed since the shared
+    # worker started (scikit-learn sets KMP_DUPLICATE_LIB_OK when imported).
+    worker, address = start_worker(tmp_path / "worker.log")
+    script = (f"import sys; sys.path.append({os.path.dirname(client.package_folder())!r}); "
+              "before = set(sys.modules); from lmcpipe import client; "
+              f"status = client.run_in_worker({[*BOUNDS, '--out', 'light.parquet']!r}); "
+              "print(status, ' '.join(sorted(set(sys.modules) - before)))")
+    try:
+        result = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True,
+                                text=True, cwd=tmp_path, timeout=120,
+                                env={**os.environ, worker_module.ADDRESS_ENV_VAR: address})
+    finally:
+        worker.stop()
+    status, *imported = result.stdout.split("\n")[-2].split()
+    assert status == "0", result.stderr
+    assert (tmp_path / "light.parquet").exists()
+    # Built into the interpreter, C extensions of the standard library, and os.
+    assert set(imported) - set(sys.builtin_module_names) <= {
+        "lmcpipe", "lmcpipe.client", "__future__", "_socket", "_struct", "resource",
+        "os", "os.path", "posixpath", "genericpath", "stat", "_stat", "_collections_abc"}
+
+
+def test_publish_puts_jobs_command_first_on_path(tmp_path, monkeypatch):
+    own = Path(sysconfig.get_path("scripts")) / "lmcpipe"
+    if not own.is_file():
+        pytest.skip(f"lmcpipe is not installed as a command of this Python ({own})")
+    monkeypatch.delenv(worker_module.ADDRESS_ENV_VAR, raising=False)
+    # Another Python's lmcpipe first on PATH: the jobs keep it.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "lmcpipe").write_text("#!/bin/sh\necho other lmcpipe\n")
+    (other / "lmcpipe").chmod(0o755)
+    path = os.pathsep.join([str(other), str(own.parent), os.environ["PATH"]])
+    monkeypatch.setenv("PATH", path)
+    worker = worker_module.start(tmp_path / "worker.log")
+    assert worker is not None
+    try:
+        assert worker.command_folder is None
+        assert os.environ["PATH"] == path
+    finally:
+        worker.stop()
+
+    path = os.pathsep.join([str(own.parent), os.environ["PATH"]])
+    monkeypatch.setenv("PATH", path)
+    log_path = tmp_path / "worker.log"
+    worker = worker_module.start(log_path)
+    assert worker is not None
+    try:
+        command = shutil.which("lmcpipe")
+        assert command == os.path.join(worker.command_folder, "lmcpipe")
+        assert Path(command).read_text().startswith(f"#!{sys.executable} -S\n")
+        result = subprocess.run(["lmcpipe", *BOUNDS], capture_output=True, text=True, cwd=tmp_path,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert served(log_path, "bounds")
+        alone = subprocess.run([sys.executable, "-m", "lmcpipe", *BOUNDS], capture_output=True,
+                               text=True, env={k: v for k, v in os.environ.items()
+                                               if k != worker_module.ADDRESS_ENV_VAR})
+        assert result.stdout == alone.stdout
+        # A request the worker rejects runs through this Python's own lmcpipe.
+        rejected = subprocess.run(["lmcpipe", *BOUNDS], capture_output=True, text=True,
+                                  cwd=tmp_path, timeout=120,
+                                  env={**os.environ, "XLA_FLAGS": "--xla_cpu_enable_fast_math=false"})
+        assert rejected.returncode == 0, rejected.stderr
+        assert rejected.stdout == alone.stdout
+        assert log_path.read_text().count("rejected lmcpipe bounds") == 1
+        failed = subprocess.run(["lmcpipe", "extract", "missing.npz", "--out", "x.parquet"],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert failed.returncode == 2
+        assert "lmcpipe extract: error: missing.npz" in failed.stderr
+    finally:
+        worker.stop()
+    assert os.environ["PATH"] == path
+    assert not Path(worker.folder).exists()
+
+
+def test_malformed_request_is_dropped(running_worker, tmp_path):
+    import socket
+
+    _, address, log_path = running_worker
+    for body in (b"not marshal data", client.encode({"argv": ["bounds"]})[client.HEADER_SIZE:]):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(address)
+            with open(os.devnull, "rb") as null:
+                socket.send_fds(connection, [len(body).to_bytes(client.HEADER_SIZE, "big") + body],
+                                [null.fileno()] * 3)
+            assert client.read_message(connection) in (None, {"rejected": "malformed request"})
+    assert "dropped a request: not a request" in log_path.read_text()
+    result = lmcpipe([*BOUNDS, "--out", "after.parquet"], address, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert served(log_path, "bounds")
 
 
 def _serve_with_later_group(tmp_path, later, extra_env=None):
