@@ -29,9 +29,8 @@ RESOURCE_LIMITS = (
 )
 
 # A message is its length as 4 bytes (network order), then its marshal
-# encoding. Messages hold plain values only (dict, list, str, int). marshal is
-# built into the interpreter, and both ends run the same Python: the worker
-# rejects requests from another installation.
+# encoding of a dict of plain values. marshal is built into the interpreter,
+# and both ends run the same Python (the worker rejects other installations).
 HEADER_SIZE = 4
 _SIGINT = 2
 
@@ -142,7 +141,7 @@ def decode(body: bytes) -> dict | None:
 
 
 def read_message(connection) -> dict | None:
-    """Read one message from a blocking socket; None when it closes first or sends no message."""
+    """Return the next message from a blocking socket, or None if it closes first or sends another thing."""
     header = _receive(connection, HEADER_SIZE)
     if header is None:
         return None

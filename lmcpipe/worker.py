@@ -40,10 +40,10 @@ its standard stream descriptors with a request (``argv``, ``cwd``, ``env``,
 (:func:`lmcpipe.client.encode`).
 
 The caller side is :mod:`lmcpipe.client`. Python's start-up with the ``site``
-module costs a caller 30 to 50 ms, as much as a small step computes, so
-while a worker serves a Snakemake run, the jobs' ``lmcpipe`` is a script in
-the worker's folder that starts Python with ``-S``
-(:meth:`Worker.publish`).
+module cost a caller 55 ms on the benchmark machine (10 ms with ``-S``), as
+long as a small step computes. So while a worker serves a Snakemake run, the
+jobs' ``lmcpipe`` is a script in the worker's folder that starts Python with
+``-S`` (:meth:`Worker.publish`).
 """
 
 from __future__ import annotations
@@ -250,8 +250,8 @@ class _Server:
             return
         if not self.later:
             # A child applies Snakemake's thread counts with threadpoolctl
-            # (_limit_threads). Finding the loaded libraries costs 4 ms, or
-            # about 20 ms the first time; done here once, no child pays it.
+            # (_limit_threads). Finding the loaded libraries costs 4 ms (about
+            # 20 ms the first time), so the worker does it once for all children.
             global _THREADPOOLS
             from threadpoolctl import ThreadpoolController
 
@@ -332,7 +332,7 @@ class _Server:
         try:
             request = client.decode(entry.data[client.HEADER_SIZE:client.HEADER_SIZE + size])
             if request is None:
-                raise ValueError("not a request")
+                raise ValueError("invalid request: not the marshal encoding of a dict")
             if len(entry.fds) != 3:
                 raise ValueError(f"a request must carry 3 stream descriptors, got {len(entry.fds)}")
             self._start(connection, request, entry.fds)
@@ -674,8 +674,8 @@ def _write_jobs_command(folder: str) -> str | None:
            for scheme in (sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user"))]
     if found is None or not any(os.path.isfile(path) and os.path.samefile(found, path) for path in own):
         return None
-    # The kernel reads at most 127 bytes of a "#!" line on older systems, and
-    # splits it at white space.
+    # Linux before 5.1 reads at most 127 bytes of a "#!" line, and the
+    # interpreter's path ends at the first white space.
     shebang = f"#!{sys.executable} -S"
     if not sys.executable or len(shebang) > 127 or any(char.isspace() for char in sys.executable):
         return None
@@ -775,6 +775,24 @@ class WorkflowWorker:
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
+
+    def finish(self) -> None:
+        """End the run (``onsuccess``, ``onerror``): stop the worker and Snakemake's rescheduling timers.
+
+        Each time Snakemake starts jobs, its job-rate limiter starts a 1 s
+        ``threading.Timer`` that wakes its scheduler again. The last job of a
+        run (the target rule ``all``) leaves one behind, and Python waits for
+        it before exiting, so every run ended about 1 s after its last job.
+        Once the run is over, no rescheduling is due: those timers, and only
+        those, are cancelled.
+        """
+        import threading
+
+        self.stop()
+        for thread in threading.enumerate():
+            function = getattr(thread, "function", None)
+            if isinstance(thread, threading.Timer) and "JobScheduler." in getattr(function, "__qualname__", ""):
+                thread.cancel()
 
 
 # Options of a ``snakemake`` command line that runs the workflow's jobs on

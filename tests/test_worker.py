@@ -254,6 +254,26 @@ def test_workflow_worker_publishes_only_when_served(tmp_path, monkeypatch):
     assert workflow_worker.worker is None
 
 
+def test_finish_cancels_only_schedulers_timers(tmp_path):
+    import threading
+
+    class JobScheduler:  # the name of Snakemake's scheduler class
+        def reevaluate_later(self):
+            return threading.Timer(60, lambda: None)
+
+    rescheduling = JobScheduler().reevaluate_later()
+    other = threading.Timer(60, lambda: None)
+    for timer in (rescheduling, other):
+        timer.start()
+    try:
+        worker_module.WorkflowWorker(tmp_path / "worker.log").finish()
+        rescheduling.join(5)
+        assert not rescheduling.is_alive()
+        assert other.is_alive()
+    finally:
+        other.cancel()
+
+
 @pytest.mark.parametrize("controller", [False, True])
 def test_thread_counts_apply_to_loaded_libraries(controller, monkeypatch):
     threadpoolctl = pytest.importorskip("threadpoolctl")
@@ -413,10 +433,9 @@ def test_commands_run_during_later_imports(tmp_path):
 
 
 def test_client_imports_only_light_modules(tmp_path):
-    # The caller side runs before every command of a study, in a Python without
-    # the site module (the jobs' command that Worker.publish writes). A worker
-    # of its own: this process's environment may have changed since the shared
-    # worker started (scikit-learn sets KMP_DUPLICATE_LIB_OK when imported).
+    # The caller runs before every command of a study, in a Python without the
+    # site module (see Worker.publish). The shared worker may have started
+    # before this process imported scikit-learn, which sets KMP_DUPLICATE_LIB_OK.
     worker, address = start_worker(tmp_path / "worker.log")
     script = (f"import sys; sys.path.append({os.path.dirname(client.package_folder())!r}); "
               "before = set(sys.modules); from lmcpipe import client; "
@@ -502,7 +521,7 @@ def test_malformed_request_is_dropped(running_worker, tmp_path):
                 socket.send_fds(connection, [len(body).to_bytes(client.HEADER_SIZE, "big") + body],
                                 [null.fileno()] * 3)
             assert client.read_message(connection) in (None, {"rejected": "malformed request"})
-    assert "dropped a request: not a request" in log_path.read_text()
+    assert "dropped a request: invalid request" in log_path.read_text()
     result = lmcpipe([*BOUNDS, "--out", "after.parquet"], address, tmp_path)
     assert result.returncode == 0, result.stderr
     assert served(log_path, "bounds")
