@@ -1,9 +1,9 @@
 """The ``lmcpipe`` command's entry point: hand the command to a worker, or run it here.
 
 Each step of a study starts this command, so until the command has gone to a
-worker, it imports only modules built into the interpreter or of the standard
-library's C extensions, and ``os``: no ``json``, ``socket`` or ``signal``,
-whose Python parts cost about 10 ms each. When ``$LMCPIPE_WORKER`` names a running worker
+worker, it imports only ``os``, ``__future__`` and modules built into the
+interpreter or C extensions of the standard library: no ``json``, ``socket``
+or ``signal``, whose Python parts cost about 10 ms each. When ``$LMCPIPE_WORKER`` names a running worker
 (:mod:`lmcpipe.worker`), the command runs in a child of that process, which
 has imported the dependencies already. Without a worker, or when the worker
 rejects the request, the command runs in this process
@@ -29,8 +29,9 @@ RESOURCE_LIMITS = (
 )
 
 # A message is its length as 4 bytes (network order), then its marshal
-# encoding of a dict of plain values. marshal is built into the interpreter,
-# and both ends run the same Python (the worker rejects other installations).
+# encoding of a dict of plain values. marshal is built into the interpreter.
+# Both ends run the same Python: after decoding, the worker rejects requests
+# from another installation.
 HEADER_SIZE = 4
 _SIGINT = 2
 
@@ -45,27 +46,36 @@ def main() -> int:
     return run_here(sys.argv[1:])
 
 
-def forward(command: str) -> int:
+def forward(command: str, prefix: str) -> int:
     """Run ``lmcpipe`` in the worker, or else replace this process with ``command``.
 
     The entry point of the worker's script for the jobs of one run. That
     script's Python has not imported ``site``, so the command cannot run here:
     ``command``, this Python's own ``lmcpipe`` script, runs it instead, without
     asking the worker again.
+
+    ``prefix`` is the ``sys.prefix`` of the script's Python with ``site``.
+    In a virtual environment, ``site`` sets ``sys.prefix`` to the environment,
+    so without it ``sys.prefix`` is the base installation's (CPython 3.10 to
+    3.13), which the worker would reject as another installation.
     """
-    status = run_in_worker(sys.argv[1:])
+    status = run_in_worker(sys.argv[1:], prefix)
     if status is not None:
         return status
-    env = {name: value for name, value in os.environ.items() if name != ADDRESS_ENV_VAR}
+    # execv passes on the process's own environment, unlike a copy of
+    # os.environ: it keeps entries that os.environ cannot set, such as "=x".
+    os.environ.pop(ADDRESS_ENV_VAR, None)
     try:
-        os.execve(command, [command, *sys.argv[1:]], env)
+        os.execv(command, [command, *sys.argv[1:]])
     except OSError as error:
         print(f"lmcpipe: cannot run {command}: {error}", file=sys.stderr)
         return 127
 
 
-def run_in_worker(argv: list[str]) -> int | None:
+def run_in_worker(argv: list[str], prefix: str | None = None) -> int | None:
     """Run ``lmcpipe ARGV`` in the worker named by ``$LMCPIPE_WORKER``.
+
+    ``prefix`` replaces ``sys.prefix`` in the request (see :func:`forward`).
 
     Returns:
         The command's exit status, or None when no worker is set, the
@@ -87,7 +97,7 @@ def run_in_worker(argv: list[str]) -> int | None:
             "argv": list(argv),
             "cwd": os.getcwd(),
             "env": dict(os.environ),
-            "prefix": sys.prefix,
+            "prefix": sys.prefix if prefix is None else prefix,
             "package": package_folder(),
             **process_state(),
         })
@@ -133,9 +143,14 @@ def encode(message: dict) -> bytes:
 
 def decode(body: bytes) -> dict | None:
     """Return the message encoded in ``body`` (without its header), or None if it is not one."""
+    # marshal.loads raises more than ValueError on malformed data, for example
+    # SystemError for a malformed code object, and none of it may stop the worker.
+    # NOTE: some malformed data crashes the interpreter instead (a segmentation
+    # fault in CPython 3.11). Only this user's processes can connect, because
+    # the socket is 0600 in a 0700 folder.
     try:
         message = marshal.loads(body)
-    except (EOFError, ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - any malformed body is "not a message"
         return None
     return message if isinstance(message, dict) else None
 

@@ -493,9 +493,19 @@ def _rejection_reason(request: dict, environment: dict, state: dict | None = Non
     """Return why the request cannot run in a child of this worker, or None."""
     if not isinstance(request, dict):
         return "malformed request"
-    if not isinstance(request.get("argv"), list) or not isinstance(request.get("env"), dict):
+    # marshal carries any value: check each type that the code below and the
+    # child rely on.
+    argv, env = request.get("argv"), request.get("env")
+    if not isinstance(argv, list) or not all(isinstance(word, str) for word in argv):
         return "malformed request"
-    if not isinstance(request.get("cwd"), str):
+    if not isinstance(env, dict) or not all(
+            isinstance(name, str) and isinstance(value, str) for name, value in env.items()):
+        return "malformed request"
+    # A process can inherit an entry such as "=x", which os.environ reads as
+    # the name "" but cannot set in the child.
+    if any(not name or "=" in name for name in env):
+        return "environment has a variable with an empty name or one with '='"
+    if not isinstance(request.get("cwd"), str) or not isinstance(request.get("umask"), int):
         return "malformed request"
     if request.get("prefix") != sys.prefix:
         return f"another Python installation ({request.get('prefix')})"
@@ -515,13 +525,11 @@ def _rejection_reason(request: dict, environment: dict, state: dict | None = Non
         return "environment differs in variables read at import: " + ", ".join(differing)
 
     state = state or client.process_state()
-    if not isinstance(request.get("umask"), int):
-        return "malformed request"
     if request.get("nice") != state["nice"]:
         return f"niceness {request.get('nice')} differs from the worker's {state['nice']}"
     if request.get("limits") != state["limits"]:
         limits = request.get("limits") if isinstance(request.get("limits"), dict) else {}
-        names = sorted(name for name in {*limits, *state["limits"]}
+        names = sorted(str(name) for name in {*limits, *state["limits"]}
                        if limits.get(name) != state["limits"].get(name))
         return "resource limits differ: " + (", ".join(names) or "malformed")
     return None
@@ -675,22 +683,29 @@ def _write_jobs_command(folder: str) -> str | None:
     if found is None or not any(os.path.isfile(path) and os.path.samefile(found, path) for path in own):
         return None
     # Linux before 5.1 reads at most 127 bytes of a "#!" line, and the
-    # interpreter's path ends at the first white space.
-    shebang = f"#!{sys.executable} -S"
+    # interpreter's path ends at the first white space. Python then reads
+    # that line as source, which must be UTF-8.
+    shebang = os.fsencode(f"#!{sys.executable} -S")
     if not sys.executable or len(shebang) > 127 or any(char.isspace() for char in sys.executable):
+        return None
+    try:
+        shebang.decode("utf-8")
+    except UnicodeDecodeError:
         return None
     command_folder = os.path.join(folder, "bin")
     os.makedirs(command_folder, exist_ok=True)
     path = os.path.join(command_folder, "lmcpipe")
-    with open(path, "w") as script:
-        script.write(
-            f"{shebang}\n"
-            "# The lmcpipe command of one Snakemake run's jobs (lmcpipe.worker).\n"
-            "import sys\n"
-            f"sys.path.append({os.path.dirname(client.package_folder())!r})\n"
-            "from lmcpipe.client import forward\n"
-            f"sys.exit(forward({os.path.abspath(found)!r}))\n"
-        )
+    # ascii() writes the paths as escapes, so the script reads the same in
+    # any locale and for paths that are not UTF-8.
+    body = (
+        "# The lmcpipe command of one Snakemake run's jobs (lmcpipe.worker).\n"
+        "import sys\n"
+        f"sys.path.append({ascii(os.path.dirname(client.package_folder()))})\n"
+        "from lmcpipe.client import forward\n"
+        f"sys.exit(forward({ascii(os.path.abspath(found))}, prefix={ascii(sys.prefix)}))\n"
+    )
+    with open(path, "wb") as script:
+        script.write(shebang + b"\n" + body.encode("ascii"))
     os.chmod(path, 0o755)
     return command_folder
 
@@ -739,6 +754,10 @@ def start(log_path: str | os.PathLike, timeout: float = 30.0, publish: bool = Tr
     return worker
 
 
+# The module whose timers WorkflowWorker.finish cancels.
+_SNAKEMAKE_SCHEDULER_MODULE = "snakemake.scheduling.job_scheduler"
+
+
 class WorkflowWorker:
     """The worker of one Snakemake run (see workflow/Snakefile).
 
@@ -779,19 +798,23 @@ class WorkflowWorker:
     def finish(self) -> None:
         """End the run (``onsuccess``, ``onerror``): stop the worker and Snakemake's rescheduling timers.
 
-        Each time Snakemake starts jobs, its job-rate limiter starts a 1 s
-        ``threading.Timer`` that wakes its scheduler again. The last job of a
-        run (the target rule ``all``) leaves one behind, and Python waits for
+        Each pass of Snakemake's scheduling loop that has ready jobs starts a
+        ``threading.Timer``, even when it starts no job. The timer wakes the
+        scheduler again after the timespan of ``--max-jobs-per-timespan``, 1 s
+        by default (``JobScheduler.schedule`` in Snakemake 9.27). The last
+        pass (the target rule ``all``) leaves one behind, and Python waits for
         it before exiting, so every run ended about 1 s after its last job.
-        Once the run is over, no rescheduling is due: those timers, and only
-        those, are cancelled.
+        Snakemake calls onsuccess and onerror after its scheduling loop has
+        returned, so no rescheduling is due: those timers, and only those, are
+        cancelled.
         """
         import threading
 
         self.stop()
         for thread in threading.enumerate():
             function = getattr(thread, "function", None)
-            if isinstance(thread, threading.Timer) and "JobScheduler." in getattr(function, "__qualname__", ""):
+            if (isinstance(thread, threading.Timer)
+                    and getattr(function, "__module__", None) == _SNAKEMAKE_SCHEDULER_MODULE):
                 thread.cancel()
 
 

@@ -256,15 +256,18 @@ def test_workflow_worker_publishes_only_when_served(tmp_path, monkeypatch):
 
 def test_finish_cancels_only_schedulers_timers(tmp_path):
     import threading
+    import types
 
-    class JobScheduler:  # the name of Snakemake's scheduler class
-        def reevaluate_later(self):
-            return threading.Timer(60, lambda: None)
+    job_scheduler = pytest.importorskip("snakemake.scheduling.job_scheduler")
 
-    rescheduling = JobScheduler().reevaluate_later()
+    # Snakemake's own method starts the timer; it needs only the scheduler's semaphore.
+    before = set(threading.enumerate())
+    scheduler = types.SimpleNamespace(_open_jobs=threading.Semaphore(0))
+    job_scheduler.JobScheduler._schedule_reevalutation(scheduler, 60)
+    [rescheduling] = [thread for thread in set(threading.enumerate()) - before
+                      if isinstance(thread, threading.Timer)]
     other = threading.Timer(60, lambda: None)
-    for timer in (rescheduling, other):
-        timer.start()
+    other.start()
     try:
         worker_module.WorkflowWorker(tmp_path / "worker.log").finish()
         rescheduling.join(5)
@@ -302,6 +305,12 @@ def valid_request(environment):
     ({"prefix": "/elsewhere"}, "another Python installation"),
     ({"package": "/elsewhere/lmcpipe"}, "another copy of lmcpipe"),
     ({"argv": "train"}, "malformed"),
+    ({"argv": ["train", 1]}, "malformed"),
+    ({"env": {"OMP_NUM_THREADS": 4}}, "malformed"),
+    ({"env": {7: "x"}}, "malformed"),
+    ({"env": {"": "x"}}, "empty name"),
+    ({"umask": "022"}, "malformed"),
+    ({"limits": {1: [1, 1]}}, "resource limits differ"),
     ({"nice": 19}, "niceness 19"),
     ({"limits": {"RLIMIT_AS": [1, 1]}}, "resource limits differ"),
 ])
@@ -439,7 +448,7 @@ def test_client_imports_only_light_modules(tmp_path):
     worker, address = start_worker(tmp_path / "worker.log")
     script = (f"import sys; sys.path.append({os.path.dirname(client.package_folder())!r}); "
               "before = set(sys.modules); from lmcpipe import client; "
-              f"status = client.run_in_worker({[*BOUNDS, '--out', 'light.parquet']!r}); "
+              f"status = client.run_in_worker({[*BOUNDS, '--out', 'light.parquet']!r}, {sys.prefix!r}); "
               "print(status, ' '.join(sorted(set(sys.modules) - before)))")
     try:
         result = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True,
@@ -511,10 +520,18 @@ def test_publish_puts_jobs_command_first_on_path(tmp_path, monkeypatch):
 
 
 def test_malformed_request_is_dropped(running_worker, tmp_path):
+    import marshal
     import socket
 
     _, address, log_path = running_worker
-    for body in (b"not marshal data", client.encode({"argv": ["bounds"]})[client.HEADER_SIZE:]):
+    request = valid_request(os.environ)
+    # marshal.loads raises SystemError for this code object, whose argument count is -1.
+    code = bytearray(marshal.dumps(compile("x = 1", "f", "exec")))
+    code[1:5] = (-1).to_bytes(4, "little", signed=True)
+    bodies = (b"not marshal data", client.encode({"argv": ["bounds"]})[client.HEADER_SIZE:],
+              bytes(code), marshal.dumps({**request, "env": {**request["env"], "OMP_NUM_THREADS": 4}}),
+              marshal.dumps({**request, "env": {**request["env"], 7: "x"}}))
+    for body in bodies:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.connect(address)
             with open(os.devnull, "rb") as null:
