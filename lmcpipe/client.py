@@ -3,9 +3,10 @@
 Each step of a study starts this command, so until the command has gone to a
 worker, it imports only ``os``, ``__future__`` and modules built into the
 interpreter or C extensions of the standard library: no ``json``, ``socket``
-or ``signal``, whose Python parts cost about 10 ms each. When ``$LMCPIPE_WORKER`` names a running worker
-(:mod:`lmcpipe.worker`), the command runs in a child of that process, which
-has imported the dependencies already. Without a worker, or when the worker
+or ``signal``, whose Python parts cost about 10 ms each. When
+``$LMCPIPE_WORKER`` names a running worker (:mod:`lmcpipe.worker`), the
+command runs in a child of that process, which has imported the
+dependencies already. Without a worker, or when the worker
 rejects the request, the command runs in this process
 (:func:`lmcpipe.cli.main`).
 
@@ -33,7 +34,6 @@ RESOURCE_LIMITS = (
 # Both ends run the same Python: after decoding, the worker rejects requests
 # from another installation.
 HEADER_SIZE = 4
-_SIGINT = 2
 
 
 def main() -> int:
@@ -85,7 +85,8 @@ def run_in_worker(argv: list[str], prefix: str | None = None) -> int | None:
     address = os.environ.get(ADDRESS_ENV_VAR)
     if not address:
         return None
-    # The C modules under the standard library's socket and struct modules.
+    # The C modules under the standard library's socket, struct and signal modules.
+    import _signal
     import _socket
     import _struct
 
@@ -123,7 +124,7 @@ def run_in_worker(argv: list[str], prefix: str | None = None) -> int | None:
             last = read_message(connection)
         except KeyboardInterrupt:
             # The worker stops the child when this connection closes.
-            return 128 + _SIGINT
+            return 128 + _signal.SIGINT
         if last is None or "exit" not in last:
             print(f"lmcpipe: the worker running this command (pid {first.get('accepted')}) "
                   "stopped before it finished", file=sys.stderr)
@@ -156,7 +157,7 @@ def decode(body: bytes) -> dict | None:
 
 
 def read_message(connection) -> dict | None:
-    """Return the next message from a blocking socket, or None if it closes first or sends another thing."""
+    """Return the next message from a blocking socket, or None if it closes first or sends no valid message."""
     header = _receive(connection, HEADER_SIZE)
     if header is None:
         return None

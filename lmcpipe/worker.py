@@ -633,8 +633,8 @@ class Worker:
         With ``jobs_command``, the worker's own ``lmcpipe`` script
         (:func:`_write_jobs_command`) also goes first on ``$PATH``, when the
         ``lmcpipe`` there is this Python's. Jobs that run in a software
-        environment of their own (Snakemake's conda or Apptainer) must keep
-        theirs, so the workflow passes False for them.
+        environment of their own (Snakemake's conda, Apptainer or environment
+        modules) must keep theirs, so the workflow passes False for them.
         """
         os.environ[ADDRESS_ENV_VAR] = self.address
         if jobs_command and self.command_folder is None and os.environ.get("PATH"):
